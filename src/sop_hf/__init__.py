@@ -1,0 +1,38 @@
+"""sop_hf: Self-Organizing Visual Prototypes (SOP, SOP-MIM) and their lineage as Hugging Face models.
+
+Importing the package registers ``SOPConfig`` / ``SOPModel`` / ``SOPImageProcessor`` with the ``Auto*`` classes, so
+``AutoModel.from_pretrained`` and ``pipeline("image-feature-extraction", ...)`` load SOP encoders.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from .configuration_sop import PRESETS, SOPConfig
+from .heads import SOPHead
+from .image_processing_sop import SOPImageProcessor
+from .memory_bank import MemoryBank
+from .modeling_sop import SOPModel, SOPPreTrainedModel
+from .modeling_sop_pretraining import SOPForPreTraining, SOPForPreTrainingOutput
+
+__version__ = "0.1.0"
+
+AutoConfig.register(SOPConfig.model_type, SOPConfig, exist_ok=True)
+AutoModel.register(SOPConfig, SOPModel, exist_ok=True)
+AutoImageProcessor.register(SOPConfig, slow_image_processor_class=SOPImageProcessor, exist_ok=True)
+
+# Exported encoders carry their code (relative imports only), so they load where sop_hf is not installed.
+SOPConfig.register_for_auto_class()
+SOPModel.register_for_auto_class("AutoModel")
+SOPImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = [
+    "PRESETS",
+    "MemoryBank",
+    "SOPConfig",
+    "SOPForPreTraining",
+    "SOPForPreTrainingOutput",
+    "SOPHead",
+    "SOPImageProcessor",
+    "SOPModel",
+    "SOPPreTrainedModel",
+    "__version__",
+]

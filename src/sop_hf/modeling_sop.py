@@ -1,0 +1,280 @@
+"""The SOP encoder as a transformers model: ``SOPPreTrainedModel`` and ``SOPModel``.
+
+``SOPModel`` is a DINO/iBOT-style pre-norm ViT (METHOD.md section 2): a [CLS] token, absolute position embeddings
+bicubically interpolated to any input size whose sides are multiples of the patch size, an optional learnable mask
+token that *replaces* the patch embeddings where ``bool_masked_pos`` is true, stochastic depth rising linearly over
+depth, attention through ``scaled_dot_product_attention`` (an explicit path when attentions are requested) and
+gradient checkpointing. It is what gets exported and loaded by ``AutoModel`` / the image-feature-extraction pipeline.
+
+This file, like its siblings, imports only torch, transformers and relative modules so that it ships as Hub remote
+code. The pretraining model (student, EMA teacher, heads, banks, losses) lives in ``modeling_sop_pretraining.py``.
+
+>>> import torch
+>>> from sop_hf import SOPConfig, SOPModel
+>>> config = SOPConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+>>> out = SOPModel(config)(torch.randn(2, 3, 32, 48))
+>>> tuple(out.last_hidden_state.shape), tuple(out.pooler_output.shape)
+((2, 25, 32), (2, 32))
+"""
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .configuration_sop import SOPConfig
+from .memory_bank import MemoryBank
+
+
+def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero whole residual branches per sample with probability ``rate``, rescale the rest."""
+    if rate == 0.0 or not training:
+        return hidden_states
+    keep = 1.0 - rate
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    mask = hidden_states.new_empty(shape).bernoulli_(keep)
+    return hidden_states * mask / keep
+
+
+class SOPEmbeddings(nn.Module):
+    """Patch projection, optional mask token, [CLS] token and interpolated absolute position embeddings."""
+
+    def __init__(self, image_size: int, patch_size: int, num_channels: int, hidden_size: int, use_mask_token: bool):
+        super().__init__()
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.grid_size = image_size // patch_size
+        self.projection = nn.Conv2d(num_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, hidden_size))
+        self.mask_token = nn.Parameter(torch.empty(1, 1, hidden_size)) if use_mask_token else None
+        self.position_embeddings = nn.Parameter(torch.empty(1, self.grid_size**2 + 1, hidden_size))
+
+    def interpolate_pos_encoding(self, grid_height: int, grid_width: int) -> torch.Tensor:
+        """[1, 1 + G*G, D] learned table -> [1, 1 + h*w, D] for an h x w patch grid (bicubic, as ``ViTModel``)."""
+        if grid_height == self.grid_size and grid_width == self.grid_size:
+            return self.position_embeddings
+        cls_pos = self.position_embeddings[:, :1]
+        patch_pos = self.position_embeddings[:, 1:]
+        dim = patch_pos.shape[-1]
+        patch_pos = patch_pos.reshape(1, self.grid_size, self.grid_size, dim).permute(0, 3, 1, 2)
+        patch_pos = nn.functional.interpolate(
+            patch_pos.float(), size=(grid_height, grid_width), mode="bicubic", align_corners=False
+        ).to(cls_pos.dtype)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, dim)
+        return torch.cat((cls_pos, patch_pos), dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        batch_size, num_channels, height, width = pixel_values.shape
+        if num_channels != self.num_channels:
+            raise ValueError(f"pixel_values has {num_channels} channels; the model expects {self.num_channels}")
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"pixel_values sides ({height}x{width}) must be multiples of patch_size ({self.patch_size})"
+            )
+        pixel_values = pixel_values.to(self.projection.weight.dtype)
+        embeddings = self.projection(pixel_values).flatten(2).transpose(1, 2)  # [B, L, D]
+        if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("bool_masked_pos was given but the model has no mask token (use_mask_token=False)")
+            if bool_masked_pos.shape != embeddings.shape[:2]:
+                raise ValueError(
+                    f"bool_masked_pos must have shape [batch, num_patches] = {list(embeddings.shape[:2])}, "
+                    f"got {list(bool_masked_pos.shape)}"
+                )
+            mask = bool_masked_pos.unsqueeze(-1)  # [B, L, 1]
+            embeddings = torch.where(mask, self.mask_token.to(embeddings.dtype), embeddings)
+        cls_tokens = self.cls_token.expand(batch_size, -1, -1).to(embeddings.dtype)
+        embeddings = torch.cat((cls_tokens, embeddings), dim=1)  # [B, 1 + L, D]
+        pos = self.interpolate_pos_encoding(height // self.patch_size, width // self.patch_size)
+        return embeddings + pos.to(embeddings.dtype)
+
+
+class SOPAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection."""
+
+    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len, hidden_size = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, Dh]
+        if output_attentions:
+            scores = (query * self.head_dim**-0.5) @ key.transpose(-2, -1)  # [B, H, N, N]
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+            context = weights @ value
+        else:
+            weights = None
+            context = nn.functional.scaled_dot_product_attention(query, key, value)  # [B, H, N, Dh]
+        context = context.transpose(1, 2).reshape(batch_size, seq_len, hidden_size)
+        return self.proj(context), weights
+
+
+class SOPMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class SOPLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        hidden_act: str,
+        qkv_bias: bool,
+        layer_norm_eps: float,
+        drop_path_rate: float,
+    ):
+        super().__init__()
+        self.drop_path_rate = drop_path_rate
+        self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.attention = SOPAttention(hidden_size, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.mlp = SOPMLP(hidden_size, intermediate_size, hidden_act)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.attention(self.norm1(hidden_states), output_attentions)
+        hidden_states = hidden_states + drop_path(attn_out, self.drop_path_rate, self.training)
+        mlp_out = self.mlp(self.norm2(hidden_states))
+        hidden_states = hidden_states + drop_path(mlp_out, self.drop_path_rate, self.training)
+        return hidden_states, weights
+
+
+class SOPPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading conventions shared by ``SOPModel`` and ``SOPForPreTraining``."""
+
+    config_class = SOPConfig
+    config: SOPConfig
+    base_model_prefix = "sop"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SOPEmbeddings", "SOPLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SOPEmbeddings):
+            init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
+        elif isinstance(module, MemoryBank):
+            rows = nn.functional.normalize(torch.randn(module.size, module.dim, device=module.rows.device), dim=1)
+            init.copy_(module.rows, rows)
+            init.zeros_(module.ptr)
+
+
+class SOPModel(SOPPreTrainedModel):
+    """The SOP ViT encoder. Returns all tokens after the final norm and the final [CLS] as ``pooler_output``.
+
+    Args:
+        config: Architecture. ``drop_path_rate`` applies in training mode only; ``use_mask_token`` creates the iBOT
+            mask token used when ``bool_masked_pos`` is passed.
+    """
+
+    def __init__(self, config: SOPConfig, drop_path_rate: float | None = None, use_mask_token: bool | None = None):
+        super().__init__(config)
+        rate = config.drop_path_rate if drop_path_rate is None else drop_path_rate
+        mask_token = config.use_mask_token if use_mask_token is None else use_mask_token
+        self.embeddings = SOPEmbeddings(
+            config.image_size, config.patch_size, config.num_channels, config.hidden_size, mask_token
+        )
+        depth = config.num_hidden_layers
+        rates = [rate * i / (depth - 1) if depth > 1 else rate for i in range(depth)]  # linear ramp 0 -> rate
+        self.layers = nn.ModuleList(
+            SOPLayer(
+                config.hidden_size,
+                config.num_attention_heads,
+                config.intermediate_size,
+                config.hidden_act,
+                config.qkv_bias,
+                config.layer_norm_eps,
+                rates[i],
+            )
+            for i in range(depth)
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.projection
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Encode images.
+
+        Args:
+            pixel_values: [B, C, H, W], H and W multiples of ``patch_size``.
+            bool_masked_pos: [B, L] (L = H*W / patch_size**2); True replaces that patch embedding by the mask token.
+            output_hidden_states: Also return the embeddings and every block's output (before the final norm).
+            output_attentions: Also return every block's attention probabilities [B, heads, 1 + L, 1 + L]
+                (computed explicitly instead of through SDPA).
+            return_dict: Return a ``BaseModelOutputWithPooling`` (default) or a tuple.
+        """
+        # Accepted for drop-in compatibility with ViTModel callers: this encoder always interpolates.
+        kwargs.pop("interpolate_pos_encoding", None)
+        if kwargs:
+            raise TypeError(f"SOPModel.forward got unexpected arguments: {sorted(kwargs)}")
+        output_hidden_states = bool(output_hidden_states if output_hidden_states is not None else False)
+        output_attentions = bool(output_attentions if output_attentions is not None else False)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        hidden_states = self.embeddings(pixel_values, bool_masked_pos)  # [B, 1 + L, D]
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, weights = layer(hidden_states, output_attentions)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden_states,)
+            if output_attentions:
+                all_attentions = all_attentions + (weights,)
+        sequence_output = self.layernorm(hidden_states)  # [B, 1 + L, D]
+        pooled_output = sequence_output[:, 0]  # [B, D]
+        if not return_dict:
+            return tuple(v for v in (sequence_output, pooled_output, all_hidden, all_attentions) if v is not None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=all_hidden,
+            attentions=all_attentions,
+        )
+
+
+__all__ = ["SOPPreTrainedModel", "SOPModel"]
