@@ -172,6 +172,25 @@ class SOPPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SOPEmbeddings", "SOPLayer"]
     _supports_sdpa = True
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` that turns weight-shape mismatches into a ``ValueError`` naming them.
+
+        Pass ``ignore_mismatched_sizes=True`` to re-initialise mismatched weights instead (transformers' behaviour).
+        """
+        if kwargs.get("ignore_mismatched_sizes", False):
+            return super().from_pretrained(*args, **kwargs)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        mismatched = sorted(info.get("mismatched_keys") or [])
+        if mismatched:
+            details = "; ".join(f"{key}: checkpoint {tuple(a)} vs model {tuple(b)}" for key, a, b in mismatched[:8])
+            raise ValueError(
+                f"The checkpoint's weight shapes do not match the {cls.__name__} config ({len(mismatched)} tensors): "
+                f"{details}. Load it with its own config, or pass ignore_mismatched_sizes=True to re-initialise them."
+            )
+        return (model, info) if wants_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range

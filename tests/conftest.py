@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny configs (2 layers, width 32, 32-px images) so every test runs in seconds on CPU."""
+
+import pytest
+import torch
+
+from sop_hf import SOPConfig
+
+TINY = dict(
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    head_hidden_size=48,
+    head_output_size=16,
+    class_memory_size=64,
+    num_anchors=8,
+    num_support=3,
+    num_tasks=2,
+    patch_memory_size=32,
+    num_patch_anchors=6,
+)
+
+
+def tiny_config(**overrides) -> SOPConfig:
+    return SOPConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture
+def config() -> SOPConfig:
+    return tiny_config()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,72 @@
+import pytest
+
+from sop_hf import PRESETS, SOPConfig
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize(
+    "name,width,depth,heads",
+    [("vit_tiny", 192, 12, 3), ("vit_small", 384, 12, 6), ("vit_base", 768, 12, 12), ("vit_large", 1024, 24, 16)],
+)
+def test_from_preset__sizes(name, width, depth, heads):
+    config = SOPConfig.from_preset(name)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (width, depth, heads)
+    assert config.patch_size == 16 and config.intermediate_size == 4 * width
+
+
+def test_from_preset__overrides_and_unknown_name():
+    assert SOPConfig.from_preset("vit_small", class_memory_size=16384).class_memory_size == 16384
+    with pytest.raises(ValueError, match="Unknown SOP preset 'vit_huge'"):
+        SOPConfig.from_preset("vit_huge")
+    assert set(PRESETS) == {"vit_tiny", "vit_small", "vit_base", "vit_large"}
+
+
+def test_defaults__paper_scale():
+    config = SOPConfig()
+    assert (config.class_memory_size, config.patch_memory_size, config.num_support, config.num_tasks) == (
+        65536, 8192, 9, 4,
+    )  # fmt: skip
+    assert (config.vote_smoothing, config.student_temp, config.teacher_temp) == (0.1, 0.1, 0.04)
+    assert config.teacher_patch_temp == config.teacher_temp  # not the reference's unused 0.07
+    assert config.num_kept_anchors == 2048 and config.layer_norm_eps == 1e-6
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("hidden_size", 0, r"SOPConfig.hidden_size must be an integer >= 1, got 0"),
+        ("num_support", 0, r"SOPConfig.num_support must be an integer >= 1"),
+        ("drop_path_rate", 1.5, r"SOPConfig.drop_path_rate must be in \[0.0, 1.0\], got 1.5"),
+        ("vote_smoothing", -0.1, r"SOPConfig.vote_smoothing must be in \[0.0, 1.0\]"),
+        ("teacher_temp", 0.0, r"SOPConfig.teacher_temp must be a number > 0"),
+        ("num_attention_heads", 3, r"hidden_size \(32\) must be divisible by num_attention_heads \(3\)"),
+        ("image_size", 30, r"image_size \(30\) must be a multiple of patch_size \(8\)"),
+        ("num_anchors", 64, r"SOPConfig.num_anchors must be in \[2, class_memory_size - 1\] = \[2, 63\]"),
+        ("num_support", 60, r"SOPConfig.num_support must be in \[1, class_memory_size - num_anchors \+ 1\]"),
+        ("anchor_keep_fraction", 0.1, r"SOPConfig.anchor_keep_fraction keeps 0 of num_anchors=8"),
+        ("num_patch_anchors", 33, r"SOPConfig.num_patch_anchors must be in \[2, patch_memory_size\]"),
+        ("mim_loss_weight", -1.0, r"SOPConfig.mim_loss_weight must be a number >= 0"),
+    ],
+)
+def test_config__invalid_values_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**{field: value})
+
+
+def test_config__mim_needs_mask_token():
+    with pytest.raises(ValueError, match="use_mask_token must be True"):
+        tiny_config(use_mask_token=False)
+    assert tiny_config(use_mask_token=False, mim_loss_weight=0.0).use_mask_token is False
+
+
+def test_config__save_load_round_trip(tmp_path):
+    config = tiny_config(drop_path_rate=0.2, teacher_patch_temp=0.05)
+    config.save_pretrained(tmp_path)
+    loaded = SOPConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.model_type == "sop"
+
+
+def test_config__no_generation_parameter_names():
+    generation_names = {"temperature", "top_k", "top_p", "max_length", "num_beams", "do_sample", "min_length"}
+    assert not generation_names & set(SOPConfig().to_dict())
