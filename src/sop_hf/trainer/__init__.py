@@ -1,0 +1,19 @@
+"""SOP pretraining on transformers' Trainer: arguments, schedules, callbacks, the trainer and its plots."""
+
+from .arguments import SOPTrainingArguments
+from .callbacks import PerParameterClipCallback, TeacherEMACallback, WeightDecayScheduleCallback
+from .plots import plot_training_curves
+from .schedules import cosine_schedule, warmup_constant_schedule
+from .sop_trainer import NonFiniteLossError, SOPTrainer
+
+__all__ = [
+    "NonFiniteLossError",
+    "PerParameterClipCallback",
+    "SOPTrainer",
+    "SOPTrainingArguments",
+    "TeacherEMACallback",
+    "WeightDecayScheduleCallback",
+    "cosine_schedule",
+    "plot_training_curves",
+    "warmup_constant_schedule",
+]

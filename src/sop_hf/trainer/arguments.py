@@ -1,0 +1,105 @@
+"""SOPTrainingArguments: ``TrainingArguments`` plus SOP's schedules (METHOD.md section 11), with SOP defaults.
+
+The loop is transformers' ``Trainer``; these fields add what self-distillation needs: the teacher's EMA momentum and
+temperature schedules, the weight-decay schedule, DINO's learning-rate scaling and per-parameter gradient clipping.
+Changed defaults: ``remove_unused_columns=False`` (the image column must reach the collator),
+``ddp_broadcast_buffers=False`` (the banks are identical on every rank already; broadcasting them every step would
+cost ~64 MB of traffic), ``max_grad_norm=0`` (SOP clips per parameter, see ``clip_grad_per_param``).
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class SOPTrainingArguments(TrainingArguments):
+    learning_rate: float = field(
+        default=5e-4,
+        metadata={"help": "Peak learning rate for a global batch of 256 (scaled by global batch / 256 unless "
+                  "--scale_lr_with_batch_size false). SOP/DINO use 5e-4; tiny CPU models like 3x that."},
+    )  # fmt: skip
+    scale_lr_with_batch_size: bool = field(
+        default=True,
+        metadata={"help": "Multiply learning_rate by global_batch / 256 (DINO's linear scaling rule)."},
+    )
+    min_lr: float = field(default=1e-6, metadata={"help": "Final learning rate of the cosine decay."})
+    warmup_epochs: float = field(
+        default=10.0,
+        metadata={"help": "Linear learning-rate warm-up length in epochs (clamped to the run). Ignored when "
+                  "--warmup_steps is set > 0."},
+    )  # fmt: skip
+    weight_decay: float = field(default=0.04, metadata={"help": "Initial weight decay (cosine to weight_decay_end)."})
+    weight_decay_end: float = field(
+        default=0.4, metadata={"help": "Final weight decay. Applied to weights with >= 2 dims only, never biases/norms."}
+    )
+    momentum_teacher: float = field(
+        default=0.996,
+        metadata={"help": "Base EMA momentum of the teacher, raised to momentum_teacher_end by a cosine. Lower "
+                  "(0.99) for short runs or small batches so the teacher keeps up."},
+    )  # fmt: skip
+    momentum_teacher_end: float = field(default=1.0, metadata={"help": "Final EMA momentum."})
+    student_temp: float = field(default=0.1, metadata={"help": "Student temperature tau_s."})
+    teacher_temp: float = field(default=0.04, metadata={"help": "Teacher [CLS] temperature after warm-up."})
+    warmup_teacher_temp: float = field(
+        default=0.04, metadata={"help": "Teacher temperature at step 0 (SOP: equal to teacher_temp, i.e. constant)."}
+    )
+    warmup_teacher_temp_epochs: float = field(
+        default=30.0, metadata={"help": "Epochs of the linear teacher-temperature warm-up."}
+    )
+    teacher_patch_temp: float | None = field(
+        default=None, metadata={"help": "Teacher patch temperature after warm-up (default: teacher_temp)."}
+    )
+    warmup_teacher_patch_temp: float | None = field(
+        default=None, metadata={"help": "Teacher patch temperature at step 0 (default: warmup_teacher_temp)."}
+    )
+    clip_grad_per_param: float = field(
+        default=3.0,
+        metadata={"help": "Clip each parameter's gradient to this norm separately (SOP/DINO); 0 disables. Use "
+                  "--max_grad_norm for transformers' global clipping instead (then set this to 0). With fp16 use "
+                  "the global mode: per-parameter clipping sees scaled gradients."},
+    )  # fmt: skip
+    export_encoder: str = field(
+        default="teacher",
+        metadata={"help": "Encoder written to OUTPUT_DIR/encoder at the end: 'teacher' (EMA, as DINO/iBOT/SOP "
+                  "evaluate) or 'student' (better in very short runs whose momentum reaches 1 early)."},
+    )  # fmt: skip
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the image column must reach the collator."}
+    )
+    ddp_broadcast_buffers: bool = field(
+        default=False, metadata={"help": "Keep False: memory banks are kept identical by all-gather already."}
+    )
+    max_grad_norm: float = field(
+        default=0.0, metadata={"help": "Global gradient clipping (transformers); SOP uses --clip_grad_per_param."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        checks = {
+            "student_temp": self.student_temp > 0,
+            "teacher_temp": self.teacher_temp > 0,
+            "warmup_teacher_temp": self.warmup_teacher_temp > 0,
+            "momentum_teacher": 0.0 <= self.momentum_teacher <= 1.0,
+            "momentum_teacher_end": 0.0 <= self.momentum_teacher_end <= 1.0,
+            "clip_grad_per_param": self.clip_grad_per_param >= 0,
+            "min_lr": self.min_lr >= 0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "warmup_teacher_temp_epochs": self.warmup_teacher_temp_epochs >= 0,
+        }
+        allowed = {
+            "student_temp": "> 0", "teacher_temp": "> 0", "warmup_teacher_temp": "> 0",
+            "momentum_teacher": "in [0, 1]", "momentum_teacher_end": "in [0, 1]", "clip_grad_per_param": ">= 0",
+            "min_lr": ">= 0", "warmup_epochs": ">= 0", "warmup_teacher_temp_epochs": ">= 0",
+        }  # fmt: skip
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"--{name} must be {allowed[name]}, got {getattr(self, name)!r}")
+        if self.export_encoder not in ("teacher", "student"):
+            raise ValueError(f"--export_encoder must be 'teacher' or 'student', got {self.export_encoder!r}")
+        if self.teacher_patch_temp is None:
+            self.teacher_patch_temp = self.teacher_temp
+        if self.warmup_teacher_patch_temp is None:
+            self.warmup_teacher_patch_temp = self.warmup_teacher_temp
+        if self.clip_grad_per_param > 0 and self.max_grad_norm > 0:
+            raise ValueError("Use one gradient clipping: --clip_grad_per_param 0 with --max_grad_norm, or vice versa")
