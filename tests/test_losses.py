@@ -150,6 +150,43 @@ def test_assignments__equal_dense_formula_values_and_gradients(num_support):
     assert torch.autograd.gradcheck(lambda x: prototype_assignments(x, protos, 0.1), (z,))
 
 
+def test_assignments__row_chunking_gives_the_same_values_and_gradients(monkeypatch):
+    import sop_hf.losses as losses
+
+    protos = build_support_prototypes(unit(300, 8), torch.arange(7), 3, 0.1)
+    z = unit(23, 8).requires_grad_()
+    p_full = prototype_assignments(z, protos, 0.1)
+    (g_full,) = torch.autograd.grad(p_full[:, 0].sum(), z)
+    monkeypatch.setattr(losses, "ASSIGN_CHUNK", 5)
+    p_chunked = prototype_assignments(z, protos, 0.1)
+    (g_chunked,) = torch.autograd.grad(p_chunked[:, 0].sum(), z)
+    torch.testing.assert_close(p_chunked, p_full)
+    torch.testing.assert_close(g_chunked, g_full)
+    assert torch.autograd.gradcheck(lambda x: prototype_assignments(x, protos, 0.1), (z,))
+
+
+@pytest.mark.parametrize("search_dtype", [torch.bfloat16, "float32"])
+def test_class_loss__reduced_precision_search_same_neighbours_on_separated_data(search_dtype):
+    # Well-separated clusters: a bf16 search picks the same neighbours, and votes are recomputed in float32.
+    g = torch.Generator().manual_seed(0)
+    centres = unit(16, 32, dtype=torch.float32, generator=g)
+    # clusters of 4 (anchor + its 3 neighbours); their order may differ under near-ties, their set may not
+    memory = normalize(centres.repeat_interleave(4, 0) + 0.05 * torch.randn(64, 32, generator=g), dim=1)
+    anchor_idx = torch.arange(0, 64, 4)
+    exact = build_support_prototypes(memory, anchor_idx, 4, 0.1)
+    low = build_support_prototypes(memory, anchor_idx, 4, 0.1,
+                                   search_dtype=None if search_dtype == "float32" else search_dtype)  # fmt: skip
+    order_exact, order_low = exact.votes.argsort(dim=1), low.votes.argsort(dim=1)
+    torch.testing.assert_close(low.votes.gather(1, order_low), exact.votes.gather(1, order_exact))
+    torch.testing.assert_close(
+        low.supports.gather(1, order_low[..., None].expand_as(low.supports)),
+        exact.supports.gather(1, order_exact[..., None].expand_as(exact.supports)),
+    )
+    assert low.votes.dtype == torch.float32
+    with pytest.raises(ValueError, match="search_dtype must be one of"):
+        SOPClassLoss(8, 3, 1, 0.1, search_dtype="int8")
+
+
 def test_assignments__float32_close_to_float64_at_paper_shape():
     memory = unit(8192, 32)
     protos = build_support_prototypes(memory, torch.randperm(8192)[:2048], 9, 0.1)
@@ -240,9 +277,9 @@ def test_gradient__matches_analytic_formula_wrt_logits():
     logits = (unit(3, 8) @ supports.T / 0.1).requires_grad_()
     s = logits.softmax(-1)
     q = torch.rand(3, 5, dtype=torch.float64).softmax(-1)
-    from sop_hf.losses import _StructuredVotes
+    from sop_hf.losses import _aggregate_votes
 
-    p = _StructuredVotes.apply(logits.reshape(3, 5, 3), protos.votes)  # [N, P', E] -> [N, P']
+    p = _aggregate_votes(logits.softmax(-1).reshape(3, 5, 3), protos.votes)  # [N, P', E] -> [N, P']
     loss = -(q * p.log()).sum()
     (grad,) = torch.autograd.grad(loss, logits)
     y = protos.dense_votes()

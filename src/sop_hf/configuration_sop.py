@@ -56,6 +56,10 @@ class SOPConfig(PreTrainedConfig):
         num_support: Support embeddings per prototype ``E``: the anchor plus ``E - 1`` nearest neighbours (9: k = 8).
         num_tasks: Independent anchor draws per step ``T``, averaged (4).
         vote_smoothing: ``epsilon``; the anchor's own vote is ``1 - epsilon`` (0.1).
+        neighbour_search_dtype: Precision of the anchor-to-memory similarity search: ``"auto"`` (bfloat16 on CUDA,
+            float32 on CPU), ``"float32"``, ``"bfloat16"`` (about 4x faster on CPUs with AVX512-BF16/AMX) or
+            ``"float16"``. The chosen neighbours' votes are recomputed in float32; near-ties may pick other
+            neighbours than a float32 search.
 
     SOP-MIM patch loss:
         patch_memory_size: Rows of the patch memory bank (8192).
@@ -96,6 +100,7 @@ class SOPConfig(PreTrainedConfig):
     num_support: int = 9
     num_tasks: int = 4
     vote_smoothing: float = 0.1
+    neighbour_search_dtype: str = "auto"
 
     patch_memory_size: int = 8192
     num_patch_anchors: int = 512
@@ -155,6 +160,11 @@ class SOPConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"SOPConfig.{name} must be a number >= 0, got {value!r}")
+        if self.neighbour_search_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(
+                "SOPConfig.neighbour_search_dtype must be one of 'auto', 'float32', 'bfloat16', 'float16', got "
+                f"{self.neighbour_search_dtype!r}"
+            )
         if self.num_anchors >= self.class_memory_size:
             raise ValueError(
                 f"SOPConfig.num_anchors must be in [2, class_memory_size - 1] = [2, {self.class_memory_size - 1}], "

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 LOG_CLAMP = 1e-12  # delta in -q * log(max(p, delta)); keeps the loss finite when p underflows.
-NEIGHBOUR_CHUNK = 1024  # anchors per block of the neighbour search: bounds its memory to chunk x K scores.
+NEIGHBOUR_CHUNK = 256  # anchors per block of the neighbour search: bounds its memory to chunk x K scores.
+ASSIGN_CHUNK = 512  # rows per block of the assignment maths: bounds its transient memory to chunk x P'E values.
 
 
 def _math_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -140,34 +141,57 @@ def build_support_prototypes(
     return SupportPrototypes(supports=supports, votes=votes)
 
 
-class _StructuredVotes(torch.autograd.Function):
-    """p = softmax(logits over all P'E supports) aggregated through the votes, without the dense Y.
+def _aggregate_votes(probs: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
+    """Structured identity (METHOD.md section 7): [N, P', E] support probabilities -> [N, P'] prototype probabilities.
 
-    Forward (METHOD.md section 7): with s = softmax reshaped [N, P', E],
     alpha = sum_e s*sigma, beta = sum_e s*(1-sigma), p = alpha + max(0, sum_c beta_c - beta) / (P' - 1).
-    Backward, for upstream g = dL/dp [N, P'] and h = (sum_c g_c - g) / (P' - 1):
-    dL/ds[c, e] = sigma[c, e] * (g_c - h_c) + h_c, then the softmax backward da = s * (ds - <s, ds>).
-    Only s is saved: O(N P' E) memory.
+    """
+    num_protos = probs.shape[1]
+    alpha = (probs * votes).sum(-1)  # [N, P']
+    beta = probs.sum(-1) - alpha  # [N, P']
+    return alpha + (beta.sum(-1, keepdim=True) - beta).clamp_min(0.0) / (num_protos - 1)
+
+
+class _SupportAssignment(torch.autograd.Function):
+    """p = votes-aggregated softmax(z @ D.T / tau) with a recomputing, row-chunked backward.
+
+    Forward keeps only z, D, the votes and the per-row log-sum-exp (O(N d + P'E d) saved memory); backward
+    recomputes the support probabilities s = exp(z D^T / tau - lse) (one extra matmul) instead of holding the
+    [N, P'E] softmax of every task until the backward of the step. Rows are processed ``ASSIGN_CHUNK`` at a time, so
+    the transient memory is O(ASSIGN_CHUNK x P'E). For upstream g = dL/dp [N, P'] and h = (sum_c g_c - g) / (P' - 1):
+    dL/ds[c, e] = sigma[c, e] * (g_c - h_c) + h_c; dL/da = s * (dL/ds - <s, dL/ds>); dL/dz = dL/da @ D / tau.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
-        num_rows, num_protos, num_support = logits.shape  # [N, P', E]
-        probs = logits.reshape(num_rows, -1).softmax(dim=-1).reshape(num_rows, num_protos, num_support)
-        alpha = (probs * votes).sum(-1)  # [N, P']
-        beta = probs.sum(-1) - alpha  # [N, P']
-        foreign = (beta.sum(-1, keepdim=True) - beta).clamp_min(0.0) / (num_protos - 1)
-        ctx.save_for_backward(probs, votes)
-        return alpha + foreign
+    def forward(ctx, z: torch.Tensor, supports: torch.Tensor, votes: torch.Tensor, temperature: float):
+        num_protos, num_support = votes.shape
+        outputs, lses = [], []
+        for chunk in z.split(ASSIGN_CHUNK):
+            logits = chunk @ supports.T / temperature  # [n, P'E]
+            lse = logits.logsumexp(dim=-1, keepdim=True)  # [n, 1]
+            probs = logits.sub_(lse).exp_().view(-1, num_protos, num_support)  # [n, P', E]
+            outputs.append(_aggregate_votes(probs, votes))
+            lses.append(lse)
+        ctx.save_for_backward(z, supports, votes, torch.cat(lses))
+        ctx.temperature = temperature
+        return torch.cat(outputs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        probs, votes = ctx.saved_tensors
-        num_protos = probs.shape[1]
-        other = (grad.sum(-1, keepdim=True) - grad) / (num_protos - 1)  # [N, P']
-        grad_probs = votes * (grad - other)[..., None] + other[..., None]  # [N, P', E]
-        inner = (probs * grad_probs).sum(dim=(1, 2), keepdim=True)  # [N, 1, 1]
-        return probs * (grad_probs - inner), None
+        z, supports, votes, lse = ctx.saved_tensors
+        num_protos, num_support = votes.shape
+        grads = []
+        for start in range(0, z.shape[0], ASSIGN_CHUNK):
+            rows = slice(start, start + ASSIGN_CHUNK)
+            logits = z[rows] @ supports.T / ctx.temperature  # [n, P'E]
+            probs = logits.sub_(lse[rows]).exp_().view(-1, num_protos, num_support)  # [n, P', E]
+            g = grad[rows]  # [n, P']
+            other = (g.sum(-1, keepdim=True) - g) / (num_protos - 1)  # [n, P']
+            grad_probs = votes * (g - other)[..., None] + other[..., None]  # [n, P', E]
+            inner = (probs * grad_probs).sum(dim=(1, 2), keepdim=True)  # [n, 1, 1]
+            grad_logits = grad_probs.sub_(inner).mul_(probs).view(probs.shape[0], -1)  # [n, P'E]
+            grads.append(grad_logits @ supports / ctx.temperature)
+        return torch.cat(grads), None, None, None
 
 
 def prototype_assignments(
@@ -200,8 +224,7 @@ def prototype_assignments(
         flat = embeddings.reshape(-1, dim).to(dtype)  # [N, d]
         supports = prototypes.supports.detach().to(device=flat.device, dtype=dtype).reshape(-1, dim)  # [P'E, d]
         votes = prototypes.votes.detach().to(device=flat.device, dtype=dtype)  # [P', E]
-        logits = (flat @ supports.T / temperature).reshape(-1, num_protos, num_support)  # [N, P', E]
-        probs = _StructuredVotes.apply(logits, votes)  # [N, P']
+        probs = _SupportAssignment.apply(flat, supports, votes, float(temperature))  # [N, P']
     return probs.reshape(*lead_shape, num_protos)
 
 
@@ -285,6 +308,18 @@ def koleo_loss(embeddings: torch.Tensor) -> torch.Tensor:
         return -(distance + 1e-8).log().mean()
 
 
+SEARCH_DTYPES = {"auto": None, "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_search_dtype(search_dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """``"auto"`` -> bfloat16 on CUDA, None (the memory's float32) elsewhere; names -> dtypes."""
+    if search_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if isinstance(search_dtype, str):
+        return SEARCH_DTYPES[search_dtype]
+    return search_dtype
+
+
 def draw_anchor_indices(
     memory_size: int, num_anchors: int, num_kept: int, generator: torch.Generator | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,7 +356,9 @@ class SOPClassLoss(nn.Module):
         num_tasks: T independent tasks per step.
         smoothing: epsilon; the anchor's own vote is 1 - epsilon.
         keep_fraction: fraction of the drawn anchors kept as prototypes when E > 1 (all are kept when E = 1).
-        search_dtype: optional reduced-precision dtype for the neighbour search (GPU speed).
+        search_dtype: dtype of the neighbour search: "auto" (bfloat16 on CUDA, float32 elsewhere), "float32",
+            "bfloat16" (fast on GPUs and on CPUs with AVX512-BF16/AMX) or a ``torch.dtype``. Votes are recomputed in
+            float32 from the chosen rows either way.
     """
 
     def __init__(
@@ -331,7 +368,7 @@ class SOPClassLoss(nn.Module):
         num_tasks: int,
         smoothing: float,
         keep_fraction: float = 0.5,
-        search_dtype: torch.dtype | None = None,
+        search_dtype: str | torch.dtype | None = "auto",
     ):
         super().__init__()
         self.num_anchors = num_anchors
@@ -339,6 +376,8 @@ class SOPClassLoss(nn.Module):
         self.num_tasks = num_tasks
         self.smoothing = smoothing
         self.num_kept = num_anchors if num_support == 1 else int(keep_fraction * num_anchors)
+        if isinstance(search_dtype, str) and search_dtype not in SEARCH_DTYPES:
+            raise ValueError(f"search_dtype must be one of {sorted(SEARCH_DTYPES)}, got {search_dtype!r}")
         self.search_dtype = search_dtype
         if self.num_kept < 2:
             raise ValueError(f"keep_fraction * num_anchors must keep at least 2 prototypes, got {self.num_kept}")
@@ -367,8 +406,9 @@ class SOPClassLoss(nn.Module):
                 memory.shape[0], self.num_anchors, self.num_kept, generator, memory.device
             )
             protos = build_support_prototypes(
-                memory, kept, self.num_support, self.smoothing, exclude_idx=dropped, search_dtype=self.search_dtype
-            )
+                memory, kept, self.num_support, self.smoothing, exclude_idx=dropped,
+                search_dtype=resolve_search_dtype(self.search_dtype, memory.device),
+            )  # fmt: skip
             p_student = prototype_assignments(student_embeddings, protos, student_temp)  # [V*B, P']
             with torch.no_grad():
                 p_teacher = prototype_assignments(teacher_embeddings, protos, teacher_temp)  # [G*B, P']

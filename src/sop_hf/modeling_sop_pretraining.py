@@ -90,8 +90,9 @@ class SOPForPreTraining(SOPPreTrainedModel):
         self.patch_memory = MemoryBank(config.patch_memory_size, config.head_output_size) if self.use_mim else None
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long), persistent=True)
         self.class_loss = SOPClassLoss(
-            config.num_anchors, config.num_support, config.num_tasks, config.vote_smoothing, config.anchor_keep_fraction
-        )
+            config.num_anchors, config.num_support, config.num_tasks, config.vote_smoothing,
+            config.anchor_keep_fraction, config.neighbour_search_dtype,
+        )  # fmt: skip
         self.patch_loss = SOPPatchLoss(config.num_patch_anchors, config.num_patch_tasks, config.vote_smoothing)
         self.anchor_seed = 0
         self.post_init()

@@ -1,0 +1,148 @@
+"""Benchmark: the SOP [CLS] loss forward + backward, structured vote identity vs the dense vote matrix.
+
+Both variants run the same math on the same inputs and anchors (T tasks: neighbour search, assignments of student
+and teacher rows, DINO-paired cross-entropy); they differ only in how the votes are aggregated: the library's
+``prototype_assignments`` (O(N P' E)) against ``softmax(a) @ Y`` with the dense (P'E) x P' matrix Y (O(N P'^2 E)).
+Each variant runs in its own subprocess so that peak memory (CUDA: max allocated; CPU: peak RSS growth) is its own.
+
+Paper scale (default): K = 65536, P = 4096 anchors keeping 2048, E = 9, T = 4, N = 12 x 128 student rows, d = 256.
+
+    python benchmarks/sop_loss.py            # paper scale
+    python benchmarks/sop_loss.py --quick    # K = 16384, P = 1024 -> 512, N = 4 x 128 (seconds on a CPU)
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch.nn.functional import normalize
+
+from sop_hf.losses import (
+    build_support_prototypes,
+    draw_anchor_indices,
+    multi_view_cross_entropy,
+    prototype_assignments,
+)
+
+PAPER = dict(memory_size=65536, num_anchors=4096, num_kept=2048, num_support=9, num_tasks=4, views=12, batch=128, dim=256)
+QUICK = dict(memory_size=16384, num_anchors=1024, num_kept=512, num_support=9, num_tasks=4, views=4, batch=128, dim=256)
+
+
+def dense_assignments(z, prototypes, temperature):
+    """The formula with the dense vote matrix: softmax over all supports, then @ Y."""
+    supports = prototypes.supports.reshape(-1, prototypes.supports.shape[-1])
+    return (z @ supports.T / temperature).softmax(-1) @ prototypes.dense_votes()
+
+
+def sop_loss(student, teacher, memory, scale, variant, seed=0):
+    assign = prototype_assignments if variant == "structured" else dense_assignments
+    generator = torch.Generator().manual_seed(seed)
+    batch = scale["batch"]
+    losses = []
+    for _ in range(scale["num_tasks"]):
+        kept, dropped = draw_anchor_indices(memory.shape[0], scale["num_anchors"], scale["num_kept"], generator,
+                                            memory.device)  # fmt: skip
+        protos = build_support_prototypes(memory, kept, scale["num_support"], 0.1, exclude_idx=dropped)
+        p = assign(student, protos, 0.1)
+        with torch.no_grad():
+            q = assign(teacher, protos, 0.04)
+        losses.append(multi_view_cross_entropy(p.split(batch), q.split(batch)))
+    return torch.stack(losses).mean()
+
+
+def make_inputs(scale, device):
+    g = torch.Generator().manual_seed(0)
+    memory = normalize(torch.randn(scale["memory_size"], scale["dim"], generator=g), dim=1).to(device)
+    student = normalize(torch.randn(scale["views"] * scale["batch"], scale["dim"], generator=g), dim=1).to(device)
+    teacher = normalize(torch.randn(2 * scale["batch"], scale["dim"], generator=g), dim=1).to(device)
+    return memory, student.requires_grad_(), teacher
+
+
+def measure(variant: str, quick: bool, device: str, repeats: int) -> dict:
+    """Run in a fresh process: time per forward+backward (median) and peak memory growth."""
+    scale = QUICK if quick else PAPER
+    torch.manual_seed(0)
+    memory, student, teacher = make_inputs(scale, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    # First call: peak memory growth of one forward+backward (CPU: peak RSS is a high-water mark, so measure it
+    # on the first call, before anything else of that size ran in this process).
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    loss = sop_loss(student, teacher, memory, scale, variant)
+    loss.backward()
+    sync()
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    grad = student.grad.detach().clone()
+    student.grad = None
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sop_loss(student, teacher, memory, scale, variant).backward()
+        sync()
+        times.append(time.perf_counter() - start)
+        student.grad = None
+    times.sort()
+    return {"variant": variant, "seconds": times[len(times) // 2], "peak_bytes": max(peak, 1),
+            "loss": float(loss), "grad": grad.cpu().tolist() if quick else None}  # fmt: skip
+
+
+def run(quick: bool = False, device: str | None = None, repeats: int = 3) -> dict:
+    """Both variants, each in its own subprocess; returns the table row and the ratios."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results = {}
+    for variant in ("structured", "dense"):
+        cmd = [sys.executable, __file__, "--_child", variant, "--device", device, "--repeats", str(repeats)]
+        cmd += ["--quick"] if quick else []
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results[variant] = json.loads(out.strip().splitlines()[-1])
+    s, d = results["structured"], results["dense"]
+    summary = {
+        "scale": "quick" if quick else "paper",
+        "device": device,
+        "structured_s": s["seconds"],
+        "dense_s": d["seconds"],
+        "structured_peak_mb": s["peak_bytes"] / 2**20,
+        "dense_peak_mb": d["peak_bytes"] / 2**20,
+        "loss_abs_diff": abs(s["loss"] - d["loss"]),
+        "sop_loss_speedup_vs_dense": d["seconds"] / s["seconds"],
+        "sop_loss_memory_ratio_vs_dense": s["peak_bytes"] / d["peak_bytes"],
+    }
+    if quick and s["grad"] is not None:
+        summary["grad_max_abs_diff"] = float((torch.tensor(s["grad"]) - torch.tensor(d["grad"])).abs().max())
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced scale (seconds on a CPU)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        print(json.dumps(measure(args._child, args.quick, args.device, args.repeats)))
+        return
+    summary = run(args.quick, args.device, args.repeats)
+    print(f"SOP loss fwd+bwd ({summary['scale']} scale, {summary['device']}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads)")  # fmt: skip
+    print(f"{'variant':<12}{'time (s)':>12}{'peak (MiB)':>14}")
+    print(f"{'structured':<12}{summary['structured_s']:>12.3f}{summary['structured_peak_mb']:>14.1f}")
+    print(f"{'dense':<12}{summary['dense_s']:>12.3f}{summary['dense_peak_mb']:>14.1f}")
+    print(f"loss |structured - dense|: {summary['loss_abs_diff']:.2e}")
+    print(f"sop_loss_speedup_vs_dense: {summary['sop_loss_speedup_vs_dense']:.2f}")
+    print(f"sop_loss_memory_ratio_vs_dense: {summary['sop_loss_memory_ratio_vs_dense']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
