@@ -26,6 +26,7 @@ from sop_hf.losses import (
     draw_anchor_indices,
     multi_view_cross_entropy,
     prototype_assignments,
+    resolve_search_dtype,
 )
 
 PAPER = dict(memory_size=65536, num_anchors=4096, num_kept=2048, num_support=9, num_tasks=4, views=12, batch=128, dim=256)
@@ -38,7 +39,7 @@ def dense_assignments(z, prototypes, temperature):
     return (z @ supports.T / temperature).softmax(-1) @ prototypes.dense_votes()
 
 
-def sop_loss(student, teacher, memory, scale, variant, seed=0):
+def sop_loss(student, teacher, memory, scale, variant, seed=0, search_dtype=None):
     assign = prototype_assignments if variant == "structured" else dense_assignments
     generator = torch.Generator().manual_seed(seed)
     batch = scale["batch"]
@@ -46,7 +47,8 @@ def sop_loss(student, teacher, memory, scale, variant, seed=0):
     for _ in range(scale["num_tasks"]):
         kept, dropped = draw_anchor_indices(memory.shape[0], scale["num_anchors"], scale["num_kept"], generator,
                                             memory.device)  # fmt: skip
-        protos = build_support_prototypes(memory, kept, scale["num_support"], 0.1, exclude_idx=dropped)
+        protos = build_support_prototypes(memory, kept, scale["num_support"], 0.1, exclude_idx=dropped,
+                                          search_dtype=search_dtype)  # fmt: skip
         p = assign(student, protos, 0.1)
         with torch.no_grad():
             q = assign(teacher, protos, 0.04)
@@ -62,9 +64,10 @@ def make_inputs(scale, device):
     return memory, student.requires_grad_(), teacher
 
 
-def measure(variant: str, quick: bool, device: str, repeats: int) -> dict:
+def measure(variant: str, quick: bool, device: str, repeats: int, search: str = "auto") -> dict:
     """Run in a fresh process: time per forward+backward (median) and peak memory growth."""
     scale = QUICK if quick else PAPER
+    search_dtype = resolve_search_dtype(search, torch.device(device))
     torch.manual_seed(0)
     memory, student, teacher = make_inputs(scale, device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -76,7 +79,7 @@ def measure(variant: str, quick: bool, device: str, repeats: int) -> dict:
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    loss = sop_loss(student, teacher, memory, scale, variant)
+    loss = sop_loss(student, teacher, memory, scale, variant, search_dtype=search_dtype)
     loss.backward()
     sync()
     if device.startswith("cuda"):
@@ -88,7 +91,7 @@ def measure(variant: str, quick: bool, device: str, repeats: int) -> dict:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        sop_loss(student, teacher, memory, scale, variant).backward()
+        sop_loss(student, teacher, memory, scale, variant, search_dtype=search_dtype).backward()
         sync()
         times.append(time.perf_counter() - start)
         student.grad = None
@@ -97,18 +100,20 @@ def measure(variant: str, quick: bool, device: str, repeats: int) -> dict:
             "loss": float(loss), "grad": grad.cpu().tolist() if quick else None}  # fmt: skip
 
 
-def run(quick: bool = False, device: str | None = None, repeats: int = 3) -> dict:
+def run(quick: bool = False, device: str | None = None, repeats: int = 3, search: str = "auto") -> dict:
     """Both variants, each in its own subprocess; returns the table row and the ratios."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = {}
     for variant in ("structured", "dense"):
-        cmd = [sys.executable, __file__, "--_child", variant, "--device", device, "--repeats", str(repeats)]
+        cmd = [sys.executable, __file__, "--_child", variant, "--device", device, "--repeats", str(repeats),
+               "--search_dtype", search]  # fmt: skip
         cmd += ["--quick"] if quick else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         results[variant] = json.loads(out.strip().splitlines()[-1])
     s, d = results["structured"], results["dense"]
     summary = {
         "scale": "quick" if quick else "paper",
+        "search_dtype": search,
         "device": device,
         "structured_s": s["seconds"],
         "dense_s": d["seconds"],
@@ -128,13 +133,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="reduced scale (seconds on a CPU)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--search_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="neighbour-search precision used by both variants (auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        print(json.dumps(measure(args._child, args.quick, args.device, args.repeats)))
+        print(json.dumps(measure(args._child, args.quick, args.device, args.repeats, args.search_dtype)))
         return
-    summary = run(args.quick, args.device, args.repeats)
-    print(f"SOP loss fwd+bwd ({summary['scale']} scale, {summary['device']}, torch {torch.__version__}, "
+    summary = run(args.quick, args.device, args.repeats, args.search_dtype)
+    print(f"SOP loss fwd+bwd ({summary['scale']} scale, {summary['device']}, search {summary['search_dtype']}, "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads)")  # fmt: skip
     print(f"{'variant':<12}{'time (s)':>12}{'peak (MiB)':>14}")
     print(f"{'structured':<12}{summary['structured_s']:>12.3f}{summary['structured_peak_mb']:>14.1f}")
