@@ -7,7 +7,10 @@ Importing the package registers ``SOPConfig`` / ``SOPModel`` / ``SOPImageProcess
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .configuration_sop import PRESETS, SOPConfig
+from .convert import load_original_checkpoint
+from .export import export_to_vit, save_stock_vit
 from .heads import SOPHead
+from .hub import build_model_card, push_encoder_to_hub, save_encoder
 from .image_processing_sop import SOPImageProcessor
 from .memory_bank import MemoryBank
 from .modeling_sop import SOPModel, SOPPreTrainedModel
@@ -35,4 +38,10 @@ __all__ = [
     "SOPModel",
     "SOPPreTrainedModel",
     "__version__",
+    "build_model_card",
+    "export_to_vit",
+    "load_original_checkpoint",
+    "push_encoder_to_hub",
+    "save_encoder",
+    "save_stock_vit",
 ]

@@ -26,7 +26,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .configuration_sop import SOPConfig
-from .memory_bank import MemoryBank
 
 
 def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -206,10 +205,6 @@ class SOPPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
             if module.mask_token is not None:
                 init.zeros_(module.mask_token)
-        elif isinstance(module, MemoryBank):
-            rows = nn.functional.normalize(torch.randn(module.size, module.dim, device=module.rows.device), dim=1)
-            init.copy_(module.rows, rows)
-            init.zeros_(module.ptr)
 
 
 class SOPModel(SOPPreTrainedModel):

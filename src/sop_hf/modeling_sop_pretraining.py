@@ -103,7 +103,11 @@ class SOPForPreTraining(SOPPreTrainedModel):
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
-        if module is self:
+        if isinstance(module, MemoryBank):
+            rows = torch.nn.functional.normalize(torch.randn(module.size, module.dim, device=module.rows.device), dim=1)
+            init.copy_(module.rows, rows)
+            init.zeros_(module.ptr)
+        elif module is self:
             init.zeros_(self.step_count)
 
     def teacher_parameters(self) -> list[torch.nn.Parameter]:

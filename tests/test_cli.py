@@ -1,0 +1,145 @@
+"""``sop-export`` / ``sop-convert``: help text, in-process runs and one run of the installed console scripts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoModel, ViTModel
+
+from sop_hf import SOPForPreTraining, SOPImageProcessor, SOPModel
+from sop_hf.cli import convert_main, export_main, main
+from tests.conftest import tiny_config
+from tests.test_convert import HEADS, IMAGE, STUDENT, TEACHER, TRAINING_CHECKPOINT, reference_forward
+from tests.test_export import TOLERANCE, max_delta, randomize_
+
+
+def _features(model, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(images).last_hidden_state
+
+
+@pytest.mark.parametrize(
+    "entry, options",
+    [
+        (export_main, ["--model", "--output_dir", "--which", "--image_size", "--crop_pct", "example:", "sop-export"]),
+        (
+            convert_main,
+            [
+                "--checkpoint",
+                "--output_dir",
+                "--which",
+                "--num_attention_heads",
+                "--stock_vit",
+                "--stock_vit_dir",
+                "--trust_pickle",
+                "example:",
+                "sop-convert",
+            ],
+        ),
+    ],  # fmt: skip
+)
+def test_help__exits_0_and_describes_the_options(capsys, entry, options):
+    with pytest.raises(SystemExit) as exit_info:
+        entry(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in options:
+        assert option in text
+    assert "(default: None)" not in text
+
+
+def test_main__dispatches_and_explains_usage(capsys):
+    assert main([]) == 2
+    assert "{export,convert}" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", "--help"])
+    assert exit_info.value.code == 0
+
+
+def test_export__missing_required_option_fails(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--model", "somewhere"])
+    assert exit_info.value.code == 2
+    assert "--output_dir" in capsys.readouterr().err
+
+
+def test_export__encoder_folder(tmp_path):
+    encoder = randomize_(SOPModel(tiny_config())).eval()
+    encoder.save_pretrained(tmp_path / "encoder")
+    assert export_main(["--model", str(tmp_path / "encoder"), "--output_dir", str(tmp_path / "vit")]) == 0
+    vit = AutoModel.from_pretrained(tmp_path / "vit")
+    assert type(vit) is ViTModel
+    images = torch.randn(2, 3, 32, 32)
+    assert max_delta(_features(vit, images), _features(encoder, images)) <= TOLERANCE
+    assert AutoImageProcessor.from_pretrained(tmp_path / "vit").crop_size == {"height": 32, "width": 32}
+
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_export__pretraining_checkpoint_teacher_or_student(tmp_path, which):
+    model = SOPForPreTraining(tiny_config())
+    randomize_(model.sop)  # the student now differs from the teacher
+    model.save_pretrained(tmp_path / "checkpoint")
+    argv = ["--model", str(tmp_path / "checkpoint"), "--output_dir", str(tmp_path / "vit"), "--which", which]
+    assert export_main(argv) == 0
+    vit = ViTModel.from_pretrained(tmp_path / "vit")
+    images = torch.randn(2, 3, 32, 32)
+    expected = _features(model.export_encoder(which), images)
+    other = _features(model.export_encoder("student" if which == "teacher" else "teacher"), images)
+    assert max_delta(_features(vit, images), expected) <= TOLERANCE
+    assert max_delta(_features(vit, images), other) > 1e-2
+
+
+def test_export__rejects_folders_of_other_models(tmp_path):
+    ViTModel(ViTModel.config_class(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(
+        tmp_path / "vit"
+    )
+    with pytest.raises(ValueError, match="is not a SOP model folder \\(config model_type='vit', expected 'sop'\\)"):
+        export_main(["--model", str(tmp_path / "vit"), "--output_dir", str(tmp_path / "out")])
+
+
+def test_convert__sop_encoder_folder(tmp_path):
+    torch.save(TRAINING_CHECKPOINT, tmp_path / "checkpoint.pth")
+    argv = ["--checkpoint", str(tmp_path / "checkpoint.pth"), "--output_dir", str(tmp_path / "sop")]
+    assert convert_main(argv + ["--num_attention_heads", str(HEADS)]) == 0
+    assert not (tmp_path / "sop" / "stock_vit").exists()
+    model = SOPModel.from_pretrained(tmp_path / "sop")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "sop")
+    assert isinstance(processor, SOPImageProcessor) and processor.crop_size == {"height": IMAGE, "width": IMAGE}
+    images = torch.randn(2, 3, IMAGE, IMAGE)
+    assert max_delta(_features(model, images), reference_forward(TEACHER, images, HEADS)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("mode", ["also", "only"])
+def test_convert__stock_vit(tmp_path, mode):
+    torch.save(TEACHER, tmp_path / "weights.pth")
+    argv = ["--checkpoint", str(tmp_path / "weights.pth"), "--output_dir", str(tmp_path / "out"),
+            "--num_attention_heads", str(HEADS), "--stock_vit", mode]  # fmt: skip
+    assert convert_main(argv) == 0
+    vit_dir = tmp_path / "out" / "stock_vit" if mode == "also" else tmp_path / "out"
+    vit = AutoModel.from_pretrained(vit_dir)
+    assert type(vit) is ViTModel
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert (AutoModel.from_pretrained(tmp_path / "out").config.model_type == "sop") == (mode == "also")
+    images = torch.randn(1, 3, IMAGE, IMAGE)
+    assert max_delta(_features(vit, images), reference_forward(TEACHER, images, HEADS)) <= TOLERANCE
+
+
+def test_console_scripts__convert_then_export_in_subprocesses(tmp_path):
+    torch.save(TRAINING_CHECKPOINT, tmp_path / "checkpoint.pth")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    script = Path(sys.executable).parent / "sop-convert"
+    convert = [str(script), "--checkpoint", str(tmp_path / "checkpoint.pth"), "--output_dir", str(tmp_path / "sop"),
+               "--which", "student", "--num_attention_heads", str(HEADS)]  # fmt: skip
+    export = [sys.executable, "-m", "sop_hf.cli", "export", "--model", str(tmp_path / "sop"),
+              "--output_dir", str(tmp_path / "vit")]  # fmt: skip
+    for command in (convert, export):
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "written to" in result.stdout
+    images = torch.randn(2, 3, IMAGE, IMAGE)
+    expected = reference_forward(STUDENT, images, HEADS)
+    assert max_delta(_features(ViTModel.from_pretrained(tmp_path / "vit"), images), expected) <= TOLERANCE
