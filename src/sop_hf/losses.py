@@ -232,6 +232,18 @@ def _log_clamped(probs: torch.Tensor) -> torch.Tensor:
     return probs.to(_math_dtype(probs)).clamp_min(LOG_CLAMP).log()
 
 
+def view_pairs(num_student_views: int, num_teacher_views: int) -> list[tuple[int, int]]:
+    """DINO pairing (METHOD.md section 8): every (student view i, teacher view j) with i != j.
+
+    Student views are ordered globals first, so each global view is predicted from the other global view and each
+    local view from every global view: 2 + 2n pairs for 2 global and n local views. Shared by SOP, MaSSL and CARP.
+    """
+    pairs = [(i, j) for i in range(num_student_views) for j in range(num_teacher_views) if i != j]
+    if not pairs:
+        raise ValueError("view pairing needs a pair (i, j) with i != j: give at least 2 views")
+    return pairs
+
+
 def multi_view_cross_entropy(
     student_probs: Sequence[torch.Tensor], teacher_probs: Sequence[torch.Tensor]
 ) -> torch.Tensor:
@@ -246,9 +258,7 @@ def multi_view_cross_entropy(
     """
     if len(student_probs) == 0 or len(teacher_probs) == 0:
         raise ValueError("multi_view_cross_entropy needs at least one student and one teacher view")
-    pairs = [(i, j) for i in range(len(student_probs)) for j in range(len(teacher_probs)) if i != j]
-    if not pairs:
-        raise ValueError("multi_view_cross_entropy needs a pair (i, j) with i != j: give at least 2 views")
+    pairs = view_pairs(len(student_probs), len(teacher_probs))
     with _no_autocast(student_probs[0]):
         log_p = torch.stack([_log_clamped(p) for p in student_probs])  # [V, B, P]
         dtype = log_p.dtype
