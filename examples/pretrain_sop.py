@@ -1,0 +1,191 @@
+"""Pretrain a vision encoder with SOP (Self-Organizing Visual Prototypes) on transformers' Trainer.
+
+With no arguments it runs the offline ``demo`` recipe: a tiny ViT on the Fashion-MNIST subset that ships with
+sop_hf, a few minutes on a 2-core CPU, ending with the k-NN top-1 of the trained encoder next to the same
+architecture at random init, the exported encoder in OUTPUT_DIR/encoder and OUTPUT_DIR/training_curves.png.
+
+    accelerate launch examples/pretrain_sop.py                                   # demo (also: python examples/...)
+    accelerate launch examples/pretrain_sop.py --dataset_name path/to/images     # a local imagefolder
+    accelerate launch --multi_gpu --num_processes 8 examples/pretrain_sop.py \\
+        --recipe vit_small_imagenet --dataset_name imagenet-1k --output_dir outputs/sop-vits16
+    python examples/pretrain_sop.py config.yaml                                  # every argument from a file
+
+Every flag overrides the chosen ``--recipe`` (demo, vit_small_imagenet, vit_base_imagenet); ``--help`` lists them all.
+"""
+
+import logging
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import HfArgumentParser, set_seed
+
+import sop_hf
+from sop_hf import SOPConfig, SOPForPreTraining, SOPImageProcessor
+from sop_hf.data_sources import load_image_dataset
+from sop_hf.evaluation import extract_features, knn_top1
+from sop_hf.hub import build_model_card, save_encoder
+from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, plot_training_curves
+from sop_hf.trainer.data import MultiCropDataArguments, build_train_dataset, build_collator
+from sop_hf.trainer.recipes import RECIPES, pop_recipe, recipe_argv
+
+logger = logging.getLogger("pretrain_sop")
+
+
+@dataclass
+class ModelArguments:
+    """The encoder and the SOP losses (see docs/configuration.md)."""
+
+    method: str = field(default="sop", metadata={"help": "Pretraining method. 'sop' (SOP + SOP-MIM)."})
+    preset: str | None = field(
+        default=None, metadata={"help": "ViT preset: vit_tiny, vit_small, vit_base, vit_large (patch 16)."}
+    )
+    image_size: int = field(default=224, metadata={"help": "Global-crop resolution the encoder is built for."})
+    patch_size: int = field(default=16, metadata={"help": "Patch side; 4-8 for tiny images."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Width (overrides the preset)."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Depth (overrides the preset)."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Heads (overrides the preset)."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (default 4 x width)."})
+    drop_path_rate: float = field(default=0.1, metadata={"help": "Student stochastic depth (0.1; 0.2-0.4 for ViT-L)."})
+    head_hidden_size: int = field(default=2048, metadata={"help": "Projection-head hidden width."})
+    head_output_size: int = field(default=256, metadata={"help": "Embedding width stored in the memory banks."})
+    class_memory_size: int = field(
+        default=65536, metadata={"help": "Class memory rows. It spans K / global batch steps: lower it for small data."}
+    )
+    num_anchors: int = field(default=4096, metadata={"help": "Anchors drawn per task (half are kept)."})
+    num_support: int = field(default=9, metadata={"help": "Supports per prototype (anchor + k neighbours)."})
+    num_tasks: int = field(default=4, metadata={"help": "Independent anchor draws per step."})
+    vote_smoothing: float = field(default=0.1, metadata={"help": "Anchor vote 1 - smoothing."})
+    mim_loss_weight: float = field(default=1.0, metadata={"help": "SOP-MIM weight; 0 turns masking off."})
+    use_mask_token: bool = field(default=True, metadata={"help": "Must be true when mim_loss_weight > 0."})
+    patch_memory_size: int = field(default=8192, metadata={"help": "Patch memory rows."})
+    num_patch_anchors: int = field(default=512, metadata={"help": "Patch anchors per step."})
+    koleo_loss_weight: float = field(default=0.0, metadata={"help": "KoLeo weight on the student [CLS] (0 = off)."})
+    neighbour_search_dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16 on CUDA), float32, bfloat16 (fast on AVX512-BF16 CPUs)."}
+    )
+
+    def to_config(self, num_channels: int = 3) -> SOPConfig:
+        values = {k: v for k, v in asdict(self).items() if k not in ("method", "preset") and v is not None}
+        values["num_channels"] = num_channels
+        if self.preset:
+            return SOPConfig.from_preset(self.preset, **values)
+        return SOPConfig(**values)
+
+
+@dataclass
+class DataArguments(MultiCropDataArguments):
+    """Where images come from and how they are evaluated (crops and masks: see MultiCropDataArguments)."""
+
+    dataset_name: str = field(
+        default="embedded",
+        metadata={"help": "'embedded' (offline Fashion-MNIST subset), 'fashion_mnist_debian', a local image folder, "
+                  "or a Hub dataset name."},
+    )  # fmt: skip
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    split: str = field(default="train", metadata={"help": "Training split."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column: str = field(default="label", metadata={"help": "Labels for the k-NN evaluation (optional)."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset (IterableDataset); needs max_steps."})
+    eval_split: str = field(default="test", metadata={"help": "Split for the final k-NN evaluation."})
+    knn_eval: bool = field(default=True, metadata={"help": "k-NN top-1 of the encoder vs random init at the end."})
+    knn_k: int = field(default=20, metadata={"help": "Neighbours of the final k-NN evaluation."})
+    max_eval_samples: int = field(default=10000, metadata={"help": "Cap on train/test images of the k-NN check."})
+    eval_resize_ratio: float = field(
+        default=0.875, metadata={"help": "crop_pct of the exported image processor (0.875: 256 -> 224; 1.0 tiny)."}
+    )
+
+
+def knn_of(encoder, train, test, data_args, processor) -> float:
+    train_x, train_y = extract_features(encoder, train, processor, image_column=data_args.image_column,
+                                        label_column=data_args.label_column)  # fmt: skip
+    test_x, test_y = extract_features(encoder, test, processor, image_column=data_args.image_column,
+                                      label_column=data_args.label_column)  # fmt: skip
+    return knn_top1(train_x, train_y, test_x, test_y, ks=(data_args.knn_k,))[data_args.knn_k]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, SOPTrainingArguments))
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        model_args, data_args, training_args = loader(os.path.abspath(argv[0]))
+        recipe = "file"
+    else:
+        recipe, argv = pop_recipe(argv)
+        if "--output_dir" not in " ".join(argv):
+            argv += ["--output_dir", f"outputs/sop-{recipe.replace('_', '-')}"]
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(recipe_argv(recipe) + argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if model_args.method != "sop":
+        raise ValueError(f"--method must be 'sop' in this version, got {model_args.method!r}")
+    set_seed(training_args.seed)
+
+    # Data: fail before any compute on a missing column or an empty dataset.
+    train_raw = load_image_dataset(data_args.dataset_name, data_args.dataset_config, data_args.split,
+                                   data_args.image_column, data_args.streaming)  # fmt: skip
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps > 0 (a stream has no length)")
+    config = model_args.to_config()
+    train_dataset = build_train_dataset(train_raw, data_args, patch_size=config.patch_size, seed=training_args.seed)
+    collator = build_collator(data_args)
+
+    model = SOPForPreTraining(config)
+    random_encoder = model.export_encoder("student") if training_args.process_index == 0 else None
+    logger.info("SOP %s: %.2fM encoder parameters, class bank %d, %d anchors -> %d prototypes, %d supports, %d tasks",
+                recipe, sum(p.numel() for p in model.sop.parameters()) / 1e6, config.class_memory_size,
+                config.num_anchors, config.num_kept_anchors, config.num_support, config.num_tasks)  # fmt: skip
+    trainer = SOPTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_dataset_stats = getattr(train_dataset, "issue_summary", lambda: "")()
+    if train_dataset_stats:
+        logger.info("skipped or converted images: %s", train_dataset_stats)
+
+    summary = {"train_loss": result.training_loss, "global_step": result.global_step}
+    if not trainer.is_world_process_zero():
+        return summary
+    output_dir = training_args.output_dir
+    encoder = model.export_encoder(training_args.export_encoder)
+    processor = SOPImageProcessor(size=config.image_size, crop_pct=data_args.eval_resize_ratio)
+    eval_results = []
+    if data_args.knn_eval and data_args.label_column:
+        try:
+            eval_train = load_image_dataset(data_args.dataset_name, data_args.dataset_config, data_args.split,
+                                            data_args.image_column)  # fmt: skip
+            eval_test = load_image_dataset(data_args.dataset_name, data_args.dataset_config, data_args.eval_split,
+                                           data_args.image_column)  # fmt: skip
+        except (ValueError, FileNotFoundError) as error:
+            logger.warning("k-NN evaluation skipped: %s", error)
+        else:
+            eval_train = eval_train.select(range(min(len(eval_train), data_args.max_eval_samples)))
+            eval_test = eval_test.select(range(min(len(eval_test), data_args.max_eval_samples)))
+            trained = knn_of(encoder, eval_train, eval_test, data_args, processor)
+            baseline = knn_of(random_encoder, eval_train, eval_test, data_args, processor)
+            summary.update(knn_top1_trained=trained, knn_top1_random_init=baseline)
+            verdict = "better than" if trained > baseline else "NOT better than"
+            print(f"k-NN top-1 (k={data_args.knn_k}) on {data_args.dataset_name}/{data_args.eval_split}: "
+                  f"random init {100 * baseline:.1f}%  ->  trained ({training_args.export_encoder}) "
+                  f"{100 * trained:.1f}%: {verdict} a random encoder")  # fmt: skip
+            eval_results.append({"task_type": "image-classification", "dataset_name": data_args.dataset_name,
+                                 "dataset_type": data_args.dataset_name, "metric_type": "accuracy",
+                                 "metric_name": f"k-NN top-1 (k={data_args.knn_k})", "metric_value": trained})  # fmt: skip
+    plot_path = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"),
+                                     uniform_loss=math.log(config.num_kept_anchors))  # fmt: skip
+    training_info = {
+        "dataset": data_args.dataset_name, "steps": result.global_step, "epochs": round(trainer.state.epoch or 0, 2),
+        "global_batch_size": trainer.global_batch_size, "learning_rate": trainer.peak_learning_rate,
+        "recipe": recipe, "exported": training_args.export_encoder,
+    }  # fmt: skip
+    card = build_model_card(config, method="sop", training=training_info, eval_results=eval_results or None)
+    encoder_dir = save_encoder(encoder, os.path.join(output_dir, "encoder"), image_processor=processor,
+                               model_card=card)  # fmt: skip
+    print(f"encoder: {encoder_dir}  (AutoModel / pipeline('image-feature-extraction') load it)")
+    print(f"curves:  {plot_path}")
+    summary.update(encoder_dir=str(encoder_dir), plot=str(plot_path))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
