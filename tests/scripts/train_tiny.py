@@ -1,0 +1,100 @@
+"""A tiny SOP pretraining run on synthetic, index-seeded data, for the trainer tests (resume, 2 processes, NaN).
+
+    python tests/scripts/train_tiny.py OUT_DIR --max_steps 6 [--save_steps 3] [--kill_after_save 3]
+        [--resume CHECKPOINT] [--grad_accum 2] [--nan_at_step 2]
+    accelerate launch --multi_gpu --num_processes 2 ... tests/scripts/train_tiny.py OUT_DIR --max_steps 4
+
+Writes OUT_DIR/result.pt on the main process: per-step losses, the final state dict, banks and step count.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+from transformers import TrainerCallback
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
+from sop_hf.trainer import SOPTrainer, SOPTrainingArguments  # noqa: E402
+
+TINY = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            head_hidden_size=32, head_output_size=16, class_memory_size=40, num_anchors=8, num_support=3,
+            num_tasks=2, patch_memory_size=24, num_patch_anchors=4, drop_path_rate=0.1)  # fmt: skip
+
+
+class IndexSeededImages(torch.utils.data.Dataset):
+    """Item i is always the same pair of 'crops' and masks (generator seeded by i)."""
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        g = torch.Generator().manual_seed(index)
+        return {"crops": torch.randn(2, 3, 16, 16, generator=g), "masks": torch.rand(2, 4, generator=g) < 0.4}
+
+
+def collate(rows):
+    crops = torch.stack([r["crops"] for r in rows], dim=1)  # [2, B, 3, 16, 16]
+    masks = torch.stack([r["masks"] for r in rows], dim=1)  # [2, B, 4]
+    return {"pixel_values": crops.flatten(0, 1), "bool_masked_pos": masks.flatten(0, 1)}
+
+
+class KillAfterSave(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os._exit(17)  # a hard kill: no cleanup, no final save
+
+
+class InjectNaN(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                model.sop.layernorm.weight.fill_(float("nan"))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("--max_steps", type=int, default=6)
+    parser.add_argument("--save_steps", type=int, default=0)
+    parser.add_argument("--kill_after_save", type=int, default=0)
+    parser.add_argument("--resume", default=None)
+    parser.add_argument("--grad_accum", type=int, default=1)
+    parser.add_argument("--nan_at_step", type=int, default=-1)
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = SOPForPreTraining(SOPConfig(**TINY))
+    training_args = SOPTrainingArguments(
+        output_dir=args.out_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=1e-3, warmup_steps=2, logging_steps=1,
+        save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, use_cpu=True,
+        seed=7, report_to=[], dataloader_num_workers=0, disable_tqdm=True, momentum_teacher=0.9,
+        full_determinism=False,
+    )  # fmt: skip
+    callbacks = []
+    if args.kill_after_save:
+        callbacks.append(KillAfterSave(args.kill_after_save))
+    if args.nan_at_step >= 0:
+        callbacks.append(InjectNaN(args.nan_at_step))
+    trainer = SOPTrainer(model=model, args=training_args, train_dataset=IndexSeededImages(), data_collator=collate,
+                         callbacks=callbacks)  # fmt: skip
+    trainer.train(resume_from_checkpoint=args.resume)
+    if trainer.is_world_process_zero():
+        losses = {row["step"]: row["loss"] for row in trainer.state.log_history if "loss" in row}
+        terms = {row["step"]: row.get("sop_loss") for row in trainer.state.log_history if "loss" in row}
+        torch.save({"losses": losses, "sop_losses": terms, "state": model.state_dict(),
+                    "world_size": training_args.world_size}, os.path.join(args.out_dir, "result.pt"))  # fmt: skip
+    # every rank writes its bank so the test can compare ranks
+    torch.save(model.class_memory.state_dict(), os.path.join(args.out_dir, f"bank_rank{training_args.process_index}.pt"))
+
+
+if __name__ == "__main__":
+    main()

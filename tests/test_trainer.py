@@ -1,0 +1,154 @@
+"""SOPTrainer: schedules, optimizer groups, clipping, EMA, exact resume after a kill, NaN stop, two CPU processes."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sop_hf.trainer import PerParameterClipCallback, SOPTrainingArguments, cosine_schedule, warmup_constant_schedule
+from sop_hf.trainer.recipes import RECIPES, pop_recipe, recipe_argv
+
+SCRIPT = str(Path(__file__).parent / "scripts" / "train_tiny.py")
+ROOT = str(Path(__file__).parent.parent)
+
+
+def run_script(*args, launcher=None, check=True):
+    cmd = (launcher or [sys.executable]) + [SCRIPT, *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+# --- pure schedules -------------------------------------------------------------------------------------------
+
+
+def test_cosine_schedule__warmup_then_cosine_to_final():
+    values = [cosine_schedule(i, base=1.0, final=0.1, total_steps=10, warmup_steps=4, warmup_start=0.0) for i in range(10)]
+    assert values[:4] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    assert values[4] == pytest.approx(1.0)
+    assert values[7] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 3 / 6)))
+    assert cosine_schedule(10, 1.0, 0.1, 10, 4) == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(values[4:], values[5:]))
+
+
+def test_cosine_schedule__warmup_clamped_to_run_and_validation():
+    assert cosine_schedule(2, 1.0, 0.0, total_steps=3, warmup_steps=100) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="total_steps must be >= 1"):
+        cosine_schedule(0, 1.0, 0.0, total_steps=0)
+
+
+def test_teacher_temperature_warmup_is_linear_then_constant():
+    assert [warmup_constant_schedule(i, 0.04, 0.07, 4) for i in range(6)] == pytest.approx(
+        [0.04, 0.05, 0.06, 0.07, 0.07, 0.07]
+    )
+    assert warmup_constant_schedule(0, 0.04, 0.04, 30) == 0.04  # SOP: constant
+
+
+def test_training_arguments__defaults_and_validation(tmp_path):
+    args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    assert args.remove_unused_columns is False and args.ddp_broadcast_buffers is False
+    assert (args.weight_decay, args.weight_decay_end, args.clip_grad_per_param, args.max_grad_norm) == (0.04, 0.4, 3.0, 0.0)
+    assert args.teacher_patch_temp == args.teacher_temp == 0.04
+    with pytest.raises(ValueError, match=r"--momentum_teacher must be in \[0, 1\], got 1.5"):
+        SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, momentum_teacher=1.5)
+    with pytest.raises(ValueError, match="--export_encoder must be 'teacher' or 'student'"):
+        SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, export_encoder="ema")
+    with pytest.raises(ValueError, match="Use one gradient clipping"):
+        SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_grad_norm=1.0)
+
+
+def test_per_parameter_clip__each_tensor_separately():
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.tensor([30.0, 40.0, 0.0]), torch.tensor([0.3, 0.4])
+    module = torch.nn.Module()
+    module.a, module.b = a, b
+    args = type("Args", (), {"clip_grad_per_param": 3.0})()
+    PerParameterClipCallback().on_pre_optimizer_step(args, None, None, model=module)
+    torch.testing.assert_close(a.grad.norm(), torch.tensor(3.0), atol=1e-5, rtol=0)  # clipped 50 -> 3
+    torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4]))  # norm 0.5 untouched
+
+
+def test_recipes__flags_override_recipe():
+    name, rest = pop_recipe(["--max_steps", "7", "--recipe", "demo"])
+    assert name == "demo" and rest == ["--max_steps", "7"]
+    argv = recipe_argv("demo") + rest
+    assert argv.index("--max_steps") < len(argv) - 2 and argv[-1] == "7"  # the user's value comes last and wins
+    with pytest.raises(ValueError, match="--recipe must be one of"):
+        pop_recipe(["--recipe", "nope"])
+    assert set(RECIPES) >= {"demo", "vit_small_imagenet", "vit_base_imagenet"}
+
+
+# --- the trainer on a tiny model ------------------------------------------------------------------------------
+
+
+def test_trainer__optimizer_groups_lr_scaling_and_ema(tmp_path):
+    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
+    from sop_hf import SOPConfig, SOPForPreTraining
+    from sop_hf.trainer import SOPTrainer
+
+    model = SOPForPreTraining(SOPConfig(**TINY))
+    args = SOPTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                                learning_rate=0.1, warmup_steps=1, use_cpu=True, report_to=[],
+                                save_strategy="no", disable_tqdm=True, momentum_teacher=0.5, logging_steps=1)  # fmt: skip
+    trainer = SOPTrainer(model=model, args=args, train_dataset=IndexSeededImages(), data_collator=collate)
+    assert trainer.peak_learning_rate == pytest.approx(0.1 * 4 / 256)
+    decay = set(trainer.get_decay_parameter_names(model))
+    assert "sop.layers.0.mlp.fc1.weight" in decay and "sop.embeddings.position_embeddings" in decay
+    assert "sop.layers.0.mlp.fc1.bias" not in decay and "sop.layers.0.norm1.weight" not in decay
+    teacher_before = model.teacher.layers[0].mlp.fc1.weight.detach().clone()
+    trainer.train()
+    optimizer_params = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in optimizer_params for p in model.teacher_parameters())
+    decay_groups = [g for g in trainer.optimizer.param_groups if g.get("sop_weight_decay_schedule")]
+    assert len(decay_groups) == 1 and decay_groups[0]["weight_decay"] > 0.04  # cosine 0.04 -> 0.4 moved up
+    assert not torch.equal(model.teacher.layers[0].mlp.fc1.weight, teacher_before)  # EMA applied
+    assert int(model.step_count) == 3 and int(model.class_memory.ptr) == 12
+    logged = [row for row in trainer.state.log_history if "sop_loss" in row]
+    assert logged and all(k in logged[0] for k in ("mim_loss", "teacher_momentum", "teacher_temp", "bank_fill"))
+
+
+def test_resume__killed_run_continues_exactly(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_script(straight, "--max_steps", 6)
+    result = run_script(killed, "--max_steps", 6, "--save_steps", 3, "--kill_after_save", 3, check=False)
+    assert result.returncode == 17 and (killed / "checkpoint-3").exists() and not (killed / "result.pt").exists()
+    run_script(killed, "--max_steps", 6, "--save_steps", 3, "--resume", killed / "checkpoint-3")
+    a, b = torch.load(straight / "result.pt"), torch.load(killed / "result.pt")
+    assert a["losses"] == b["losses"] and len(a["losses"]) == 6
+    for key, value in a["state"].items():
+        assert torch.equal(value, b["state"][key]), key  # student, teacher, both banks, pointers, step count
+    checkpoint = load_file(killed / "checkpoint-3" / "model.safetensors")
+    assert {"class_memory.rows", "class_memory.ptr", "patch_memory.rows", "step_count"} <= set(checkpoint)
+
+
+def test_gradient_accumulation__every_micro_batch_enqueues(tmp_path):
+    run_script(tmp_path, "--max_steps", 2, "--grad_accum", 2, "--batch", 2)
+    state = torch.load(tmp_path / "result.pt")["state"]
+    assert int(state["step_count"]) == 4 and int(state["class_memory.ptr"]) == 8
+
+
+def test_non_finite_loss__stops_naming_step_and_terms_checkpoints_intact(tmp_path):
+    result = run_script(tmp_path, "--max_steps", 6, "--save_steps", 1, "--nan_at_step", 2, check=False)
+    assert result.returncode != 0
+    assert "Non-finite training loss nan at optimizer step 2" in result.stderr and "'sop_loss': nan" in result.stderr
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    weights = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_two_processes__accelerate_launch_gloo_identical_banks(tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    run_script(tmp_path, "--max_steps", 3, "--batch", 2, launcher=launcher)
+    rank0, rank1 = torch.load(tmp_path / "bank_rank0.pt"), torch.load(tmp_path / "bank_rank1.pt")
+    result = torch.load(tmp_path / "result.pt")
+    assert result["world_size"] == 2
+    assert torch.equal(rank0["rows"], rank1["rows"]) and int(rank0["ptr"]) == int(rank1["ptr"]) == 3 * 2 * 2
+    assert all(math.isfinite(v) for v in result["losses"].values())
