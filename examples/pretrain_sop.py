@@ -13,6 +13,7 @@ architecture at random init, the exported encoder in OUTPUT_DIR/encoder and OUTP
 Every flag overrides the chosen ``--recipe`` (demo, vit_small_imagenet, vit_base_imagenet); ``--help`` lists them all.
 """
 
+import json
 import logging
 import math
 import os
@@ -183,7 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
                                model_card=card)  # fmt: skip
     print(f"encoder: {encoder_dir}  (AutoModel / pipeline('image-feature-extraction') load it)")
     print(f"curves:  {plot_path}")
-    summary.update(encoder_dir=str(encoder_dir), plot=str(plot_path))
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    entropies = [row["teacher_entropy"] for row in trainer.state.log_history if "teacher_entropy" in row]
+    summary.update(encoder_dir=str(encoder_dir), plot=str(plot_path), ln_num_prototypes=math.log(config.num_kept_anchors),
+                   first_losses=losses[:5], last_losses=losses[-5:], min_teacher_entropy=min(entropies, default=None))
+    with open(os.path.join(output_dir, "results.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
     return summary
 
 

@@ -102,9 +102,9 @@ def color_jitter(image, generator, brightness=0.4, contrast=0.4, saturation=0.2,
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a [3, H, W] image (kernel radius ceil(3 sigma), reflect padding)."""
-    radius = max(1, min(int(math.ceil(3 * sigma)), (min(image.shape[1:]) - 1)))
-    if min(image.shape[1:]) < 2:
+    if min(image.shape[1:]) < 2 or sigma < 0.05:  # a sub-0.05 px kernel changes nothing
         return image
+    radius = max(1, min(int(math.ceil(3 * sigma)), (min(image.shape[1:]) - 1)))
     x = torch.arange(-radius, radius + 1, dtype=image.dtype)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
@@ -127,11 +127,16 @@ class MultiCropAugmentation:
         global_crop_scale: area range; (0.14, 1) for ImageNet, (0.32, 1) in the MaSSL recipe, (0.3, 1) for 28 px.
         local_crop_scale: area range of local crops.
         mean, std: normalisation (ImageNet).
+        blur_sigma: Gaussian-blur sigma range in pixels *at 224 px*; it is scaled by ``crop_size / 224`` so that
+            small images are blurred as much, relative to their size, as ImageNet crops (DINO: 0.1-2 px at 224).
+        solarize_prob: probability of solarising global crop 1 (0.2); 0 for low-resolution grayscale data.
+        color_jitter_prob: probability of the colour jitter (0.8).
     """
 
     def __init__(self, global_crop_size: int = 224, local_crop_size: int = 96, num_global_crops: int = 2,
                  num_local_crops: int = 0, global_crop_scale=(0.14, 1.0), local_crop_scale=(0.05, 0.4),
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):  # fmt: skip
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, blur_sigma=(0.1, 2.0), solarize_prob: float = 0.2,
+                 color_jitter_prob: float = 0.8):  # fmt: skip
         for name, scale in (("global_crop_scale", global_crop_scale), ("local_crop_scale", local_crop_scale)):
             if not 0 < scale[0] <= scale[1] <= 1:
                 raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {tuple(scale)}")
@@ -144,6 +149,10 @@ class MultiCropAugmentation:
         self.global_crop_size, self.local_crop_size = global_crop_size, local_crop_size
         self.num_local_crops = num_local_crops
         self.global_crop_scale, self.local_crop_scale = tuple(global_crop_scale), tuple(local_crop_scale)
+        for name, p in (("solarize_prob", solarize_prob), ("color_jitter_prob", color_jitter_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        self.blur_sigma, self.solarize_prob, self.color_jitter_prob = tuple(blur_sigma), solarize_prob, color_jitter_prob
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
 
@@ -155,12 +164,13 @@ class MultiCropAugmentation:
     def _photometric(self, crop, generator, blur_p: float, solarize_p: float) -> torch.Tensor:
         if _rand(generator) < 0.5:
             crop = crop.flip(-1)
-        if _rand(generator) < 0.8:
+        if _rand(generator) < self.color_jitter_prob:
             crop = color_jitter(crop, generator)
         if _rand(generator) < 0.2:
             crop = _gray(crop).expand(3, -1, -1).contiguous()
         if _rand(generator) < blur_p:
-            crop = gaussian_blur(crop, _uniform(generator, 0.1, 2.0))
+            scale = crop.shape[-1] / 224
+            crop = gaussian_blur(crop, _uniform(generator, *self.blur_sigma) * scale)
         if _rand(generator) < solarize_p:
             crop = torch.where(crop >= 0.5, 1.0 - crop, crop)
         return (crop - self.mean) / self.std
@@ -172,7 +182,7 @@ class MultiCropAugmentation:
         g0 = self._photometric(self._crop(image, self.global_crop_size, self.global_crop_scale, generator),
                                generator, blur_p=1.0, solarize_p=0.0)  # fmt: skip
         g1 = self._photometric(self._crop(image, self.global_crop_size, self.global_crop_scale, generator),
-                               generator, blur_p=0.1, solarize_p=0.2)  # fmt: skip
+                               generator, blur_p=0.1, solarize_p=self.solarize_prob)  # fmt: skip
         locals_ = [
             self._photometric(self._crop(image, self.local_crop_size, self.local_crop_scale, generator),
                               generator, blur_p=0.5, solarize_p=0.0)  # fmt: skip

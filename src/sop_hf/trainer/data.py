@@ -34,6 +34,8 @@ class MultiCropDataArguments:
     local_crop_scale: list[float] = field(
         default_factory=lambda: [0.05, 0.4], metadata={"help": "Area range of local crops."}
     )
+    solarize_prob: float = field(default=0.2, metadata={"help": "Solarisation of global crop 1 (0 for tiny gray data)."})
+    color_jitter_prob: float = field(default=0.8, metadata={"help": "Probability of the colour jitter."})
     mask_ratio: list[float] = field(
         default_factory=lambda: [0.3], metadata={"help": "iBOT mask ratio(s); several values: one is chosen per crop (e.g. 0 0.3)."}
     )
@@ -51,7 +53,8 @@ class _ViewMaker:
         self.augmentation = MultiCropAugmentation(
             global_crop_size=args.global_crop_size, local_crop_size=args.local_crop_size,
             num_local_crops=args.num_local_crops, global_crop_scale=tuple(args.global_crop_scale),
-            local_crop_scale=tuple(args.local_crop_scale),
+            local_crop_scale=tuple(args.local_crop_scale), solarize_prob=args.solarize_prob,
+            color_jitter_prob=args.color_jitter_prob,
         )  # fmt: skip
         grid = args.global_crop_size // patch_size
         self.masks = MaskingPolicy(
