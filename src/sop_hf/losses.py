@@ -1,5 +1,8 @@
 """SOP and SOP-MIM losses as tensor functions (METHOD.md sections 6-10), plus the loss modules of a training step.
 
+The lineage (MaSSL, CARP, CARL) lives in ``losses_lineage.py`` and reuses this file's view pairing, KoLeo and
+float32 helpers.
+
 Public functional API (names and signatures are stable):
 
 - ``build_support_prototypes(memory, anchor_idx, num_support, smoothing)`` -> ``SupportPrototypes``
