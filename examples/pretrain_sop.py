@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     entropies = [row["teacher_entropy"] for row in trainer.state.log_history if "teacher_entropy" in row]
     summary.update(encoder_dir=str(encoder_dir), plot=str(plot_path), ln_num_prototypes=math.log(config.num_kept_anchors),
-                   first_losses=losses[:5], last_losses=losses[-5:], min_teacher_entropy=min(entropies, default=None))
+                   first_losses=losses[:5], last_losses=losses[-5:], max_loss=max(losses, default=None),
+                   min_teacher_entropy=min(entropies, default=None))
     with open(os.path.join(output_dir, "results.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     return summary
