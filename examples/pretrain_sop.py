@@ -13,6 +13,7 @@ architecture at random init, the exported encoder in OUTPUT_DIR/encoder and OUTP
 Every flag overrides the chosen ``--recipe`` (demo, vit_small_imagenet, vit_base_imagenet); ``--help`` lists them all.
 """
 
+import argparse
 import json
 import logging
 import math
@@ -109,7 +110,8 @@ def knn_of(encoder, train, test, data_args, processor) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, SOPTrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, SOPTrainingArguments), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         model_args, data_args, training_args = loader(os.path.abspath(argv[0]))

@@ -28,7 +28,7 @@ class MultiCropDataArguments:
         default_factory=lambda: [0.14, 1.0], metadata={"help": "Area range of global crops; (0.3, 1) for tiny 28-px images."}
     )
     num_local_crops: int = field(
-        default=0, metadata={"help": "Local crops per image (SOP default 0; 10 as in iBOT/MaSSL costs ~40% more)."}
+        default=0, metadata={"help": "Local crops per image (SOP default 0; 10 as in iBOT/MaSSL costs about 40 percent more)."}
     )
     local_crop_size: int = field(default=96, metadata={"help": "Side of the local crops."})
     local_crop_scale: list[float] = field(
