@@ -33,6 +33,7 @@ def test_sop_beats_random_init_on_fashion_mnist(tmp_path):
             pytest.fail("CI must install dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     cmd = [sys.executable, str(ROOT / "examples" / "pretrain_sop.py"), "--dataset_name", "fashion_mnist_debian",
+           "--class_memory_size", "4096",
            "--max_steps", str(STEPS), "--warmup_steps", "100", "--save_strategy", "no", "--seed", "0",
            "--max_eval_samples", "10000", "--output_dir", str(tmp_path), "--disable_tqdm", "true"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)

@@ -16,7 +16,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         "model": dict(
             image_size=28, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
             intermediate_size=256, drop_path_rate=0.0, head_hidden_size=512, head_output_size=128,
-            class_memory_size=4096, num_anchors=256, num_support=5, num_tasks=2, mim_loss_weight=0.0,
+            class_memory_size=1024, num_anchors=256, num_support=5, num_tasks=2, mim_loss_weight=0.0,
             use_mask_token=False, patch_memory_size=1024, num_patch_anchors=128,
         ),  # fmt: skip
         "data": dict(
