@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..block_masks import BlockMaskGenerator, MaskingPolicy
-from ..image_conversion import ImageIssueCounter, to_rgb_image
-from ..multicrop import MultiCropAugmentation
+from ..augmentations import MultiCropAugmentation
+from ..image_loading import ImageIssueCounter, to_rgb_image
+from ..masking import BlockMaskGenerator, MaskingPolicy
 from ..modeling_sop_pretraining import _stream_seed
 
 
@@ -36,6 +36,11 @@ class MultiCropDataArguments:
     )
     solarize_prob: float = field(default=0.2, metadata={"help": "Solarisation of global crop 1 (0 for tiny gray data)."})
     color_jitter_prob: float = field(default=0.8, metadata={"help": "Probability of the colour jitter."})
+    blur_sigma: list[float] = field(
+        default_factory=lambda: [0.1, 2.0],
+        metadata={"help": "Gaussian-blur sigma range in pixels at a 224-px global crop (DINO); scaled by "
+                  "global_crop_size / 224 for every crop, so small images are blurred as much relative to their size."},
+    )  # fmt: skip
     mask_ratio: list[float] = field(
         default_factory=lambda: [0.3], metadata={"help": "iBOT mask ratio(s); several values: one is chosen per crop (e.g. 0 0.3)."}
     )
@@ -50,11 +55,12 @@ class _ViewMaker:
     """Shared by the map-style and the streaming datasets: image + generator -> one training example or None."""
 
     def __init__(self, args: MultiCropDataArguments, patch_size: int, image_column: str, seed: int, use_masks: bool):
+        blur_scale = args.global_crop_size / 224  # DINO's sigma range is in pixels of 224-px crops
         self.augmentation = MultiCropAugmentation(
             global_crop_size=args.global_crop_size, local_crop_size=args.local_crop_size,
             num_local_crops=args.num_local_crops, global_crop_scale=tuple(args.global_crop_scale),
-            local_crop_scale=tuple(args.local_crop_scale), solarize_prob=args.solarize_prob,
-            color_jitter_prob=args.color_jitter_prob,
+            local_crop_scale=tuple(args.local_crop_scale), global_solarize_probs=(0.0, args.solarize_prob),
+            color_jitter_prob=args.color_jitter_prob, blur_sigma=tuple(s * blur_scale for s in args.blur_sigma),
         )  # fmt: skip
         grid = args.global_crop_size // patch_size
         self.masks = MaskingPolicy(
