@@ -25,7 +25,7 @@ import torch
 from transformers import HfArgumentParser, set_seed
 
 import sop_hf
-from sop_hf import SOPConfig, SOPForPreTraining, SOPImageProcessor
+from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining, SOPImageProcessor
 from sop_hf.data_sources import load_image_dataset
 from sop_hf.evaluation import extract_features, knn_top1
 from sop_hf.hub import build_model_card, save_encoder
@@ -40,7 +40,12 @@ logger = logging.getLogger("pretrain_sop")
 class ModelArguments:
     """The encoder and the SOP losses (see docs/configuration.md)."""
 
-    method: str = field(default="sop", metadata={"help": "Pretraining method. 'sop' (SOP + SOP-MIM)."})
+    method: str = field(
+        default="sop",
+        metadata={"help": "Pretraining method: 'sop' (SOP + SOP-MIM), 'massl' (memory blocks), 'carp' (random "
+                  "partitions of learnable prototypes) or 'carl' (one block). Each starts from its published "
+                  "defaults; see docs/lineage.md for how to choose."},
+    )  # fmt: skip
     preset: str | None = field(
         default=None, metadata={"help": "ViT preset: vit_tiny, vit_small, vit_base, vit_large (patch 16)."}
     )
@@ -65,16 +70,26 @@ class ModelArguments:
     patch_memory_size: int = field(default=8192, metadata={"help": "Patch memory rows."})
     num_patch_anchors: int = field(default=512, metadata={"help": "Patch anchors per step."})
     koleo_loss_weight: float = field(default=0.0, metadata={"help": "KoLeo weight on the student [CLS] (0 = off)."})
+    memory_size: int | None = field(default=None, metadata={"help": "MaSSL memory rows (default 65536)."})
+    block_size: int | None = field(
+        default=None, metadata={"help": "MaSSL memory block (16384) / CARP prototype block (512)."}
+    )
+    num_prototypes: int | None = field(default=None, metadata={"help": "CARP/CARL learnable prototypes."})
+    uniformity_weight: float | None = field(default=None, metadata={"help": "CARP/CARL uniform-prior weight."})
     neighbour_search_dtype: str = field(
         default="auto", metadata={"help": "auto (bf16 on CUDA), float32, bfloat16 (fast on AVX512-BF16 CPUs)."}
     )
 
     def to_config(self, num_channels: int = 3) -> SOPConfig:
+        lineage = ("memory_size", "block_size", "num_prototypes", "uniformity_weight")
         values = {k: v for k, v in asdict(self).items() if k not in ("method", "preset") and v is not None}
         values["num_channels"] = num_channels
         if self.preset:
-            return SOPConfig.from_preset(self.preset, **values)
-        return SOPConfig(**values)
+            values = {**PRESETS[self.preset], **values}
+        if self.method == "sop":
+            return SOPConfig(**{k: v for k, v in values.items() if k not in lineage})
+        values.update(mim_loss_weight=0.0, use_mask_token=False)
+        return LineageConfig.for_method(self.method, **values)
 
 
 @dataclass
@@ -122,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
             argv += ["--output_dir", f"outputs/sop-{recipe.replace('_', '-')}"]
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(recipe_argv(recipe) + argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if model_args.method != "sop":
-        raise ValueError(f"--method must be 'sop' in this version, got {model_args.method!r}")
+    if model_args.method not in ("sop", "massl", "carp", "carl"):
+        raise ValueError(f"--method must be one of sop, massl, carp, carl; got {model_args.method!r}")
     set_seed(training_args.seed)
 
     # Data: fail before any compute on a missing column or an empty dataset.
@@ -132,14 +147,15 @@ def main(argv: list[str] | None = None) -> dict:
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps > 0 (a stream has no length)")
     config = model_args.to_config()
-    train_dataset = build_train_dataset(train_raw, data_args, patch_size=config.patch_size, seed=training_args.seed)
+    use_masks = model_args.method == "sop" and config.mim_loss_weight > 0
+    train_dataset = build_train_dataset(train_raw, data_args, patch_size=config.patch_size, seed=training_args.seed,
+                                        use_masks=use_masks)  # fmt: skip
     collator = build_collator(data_args)
 
-    model = SOPForPreTraining(config)
+    model = SOPForPreTraining(config) if model_args.method == "sop" else LineageForPreTraining(config)
     random_encoder = model.export_encoder("student") if training_args.process_index == 0 else None
-    logger.info("SOP %s: %.2fM encoder parameters, class bank %d, %d anchors -> %d prototypes, %d supports, %d tasks",
-                recipe, sum(p.numel() for p in model.sop.parameters()) / 1e6, config.class_memory_size,
-                config.num_anchors, config.num_kept_anchors, config.num_support, config.num_tasks)  # fmt: skip
+    logger.info("%s (%s recipe): %.2fM encoder parameters", model_args.method, recipe,
+                sum(p.numel() for p in model.sop.parameters()) / 1e6)  # fmt: skip
     trainer = SOPTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator)
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_dataset_stats = getattr(train_dataset, "issue_summary", lambda: "")()
@@ -181,14 +197,16 @@ def main(argv: list[str] | None = None) -> dict:
         "global_batch_size": trainer.global_batch_size, "learning_rate": trainer.peak_learning_rate,
         "recipe": recipe, "exported": training_args.export_encoder,
     }  # fmt: skip
-    card = build_model_card(config, method="sop", training=training_info, eval_results=eval_results or None)
+    card = build_model_card(encoder.config, method=model_args.method, training=training_info,
+                            eval_results=eval_results or None)  # fmt: skip
     encoder_dir = save_encoder(encoder, os.path.join(output_dir, "encoder"), image_processor=processor,
                                model_card=card)  # fmt: skip
     print(f"encoder: {encoder_dir}  (AutoModel / pipeline('image-feature-extraction') load it)")
     print(f"curves:  {plot_path}")
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     entropies = [row["teacher_entropy"] for row in trainer.state.log_history if "teacher_entropy" in row]
-    summary.update(encoder_dir=str(encoder_dir), plot=str(plot_path), ln_num_prototypes=math.log(config.num_kept_anchors),
+    summary.update(encoder_dir=str(encoder_dir), plot=str(plot_path), method=model_args.method,
+                   ln_num_prototypes=math.log(config.num_kept_anchors),
                    first_losses=losses[:5], last_losses=losses[-5:], max_loss=max(losses, default=None),
                    min_teacher_entropy=min(entropies, default=None))
     with open(os.path.join(output_dir, "results.json"), "w") as handle:

@@ -1,6 +1,7 @@
 """The main job as a user runs it: examples/pretrain_sop.py with plain python and with accelerate (2 CPU processes)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -68,3 +69,21 @@ def test_help__explains_the_knobs():
     for flag in ("--dataset_name", "--num_anchors", "--momentum_teacher", "--clip_grad_per_param", "--max_steps"):
         assert flag in result.stdout
     assert "lower it for small data" in result.stdout.replace("\n", " ").replace("  ", " ") or "small data" in result.stdout
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["massl", "carp", "carl"])
+def test_lineage_methods__short_end_to_end_run_exports_a_loadable_encoder(method, tmp_path):
+    out = tmp_path / method
+    run([sys.executable, SCRIPT, "--method", method, "--max_steps", "3", "--logging_steps", "1", "--knn_eval", "false",
+         "--memory_size", "2048", "--block_size", "256", "--num_prototypes", "1024", "--save_strategy", "no",
+         "--output_dir", str(out)])  # fmt: skip
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["method"] == method and all(math.isfinite(v) for v in summary["last_losses"])
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(out / "encoder")
+    assert type(model).__name__ == "SOPModel"
+    assert f"- {method}" in (out / "encoder" / "README.md").read_text()

@@ -13,12 +13,14 @@ from .heads import SOPHead
 from .hub import build_model_card, push_encoder_to_hub, save_encoder
 from .image_processing_sop import SOPImageProcessor
 from .memory_bank import MemoryBank
+from .modeling_lineage import LineageConfig, LineageForPreTraining
 from .modeling_sop import SOPModel, SOPPreTrainedModel
 from .modeling_sop_pretraining import SOPForPreTraining, SOPForPreTrainingOutput
 
 __version__ = "0.1.0"
 
 AutoConfig.register(SOPConfig.model_type, SOPConfig, exist_ok=True)
+AutoConfig.register(LineageConfig.model_type, LineageConfig, exist_ok=True)
 AutoModel.register(SOPConfig, SOPModel, exist_ok=True)
 AutoImageProcessor.register(SOPConfig, slow_image_processor_class=SOPImageProcessor, exist_ok=True)
 
@@ -29,6 +31,8 @@ SOPImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "PRESETS",
+    "LineageConfig",
+    "LineageForPreTraining",
     "MemoryBank",
     "SOPConfig",
     "SOPForPreTraining",

@@ -21,9 +21,11 @@ class SOPHead(nn.Module):
         hidden_size: Hidden width (2048 in SOP). Lower it with tiny backbones to keep the head from dominating.
         out_size: Output width ``d`` that the memory banks store (256).
         num_layers: Number of Linear layers (>= 1).
+        normalize: L2-normalise the output (SOP, MaSSL). CARP/CARL keep the raw bottleneck: its norm acts as the
+            inverse temperature of the prototype logits.
     """
 
-    def __init__(self, in_size: int, hidden_size: int, out_size: int, num_layers: int = 3):
+    def __init__(self, in_size: int, hidden_size: int, out_size: int, num_layers: int = 3, normalize: bool = True):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"SOPHead num_layers must be >= 1, got {num_layers}")
@@ -34,7 +36,9 @@ class SOPHead(nn.Module):
             if i < num_layers - 1:
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
+        self.normalize = normalize
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # [..., in_size] -> [..., out_size], unit rows
-        return nn.functional.normalize(self.mlp(hidden_states), dim=-1, eps=1e-6)
+        # [..., in_size] -> [..., out_size], unit rows when normalize
+        output = self.mlp(hidden_states)
+        return nn.functional.normalize(output, dim=-1, eps=1e-6) if self.normalize else output

@@ -69,7 +69,78 @@ def _stream_seed(*parts: int) -> int:
     return value
 
 
-class SOPForPreTraining(SOPPreTrainedModel):
+class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
+    """What every self-distillation method here shares: an EMA teacher of the student, seeded random streams and
+    encoder export. Subclasses define ``ema_pairs`` ((student module, teacher module) attribute names), ``sop``,
+    ``teacher`` and a persistent ``step_count`` buffer."""
+
+    ema_pairs: tuple[tuple[str, str], ...] = (("sop", "teacher"), ("head", "teacher_head"))
+
+    def _init_weights(self, module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MemoryBank):
+            rows = torch.nn.functional.normalize(torch.randn(module.size, module.dim, device=module.rows.device), dim=1)
+            init.copy_(module.rows, rows)
+            init.zeros_(module.ptr)
+        elif module is self and hasattr(self, "step_count"):
+            init.zeros_(self.step_count)
+
+    def teacher_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for _, teacher in self.ema_pairs for p in getattr(self, teacher).parameters()]
+
+    def _shared_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(teacher, student) parameters shared by name; student-only ones (the mask token) are left out."""
+        teachers, students = [], []
+        for student_name, teacher_name in self.ema_pairs:
+            student = dict(getattr(self, student_name).named_parameters())
+            for name, param in getattr(self, teacher_name).named_parameters():
+                if name in student:
+                    teachers.append(param)
+                    students.append(student[name])
+        return teachers, students
+
+    def freeze_and_sync_teacher(self) -> None:
+        """Call at the end of ``__init__``: no gradient for the teacher, which starts as a copy of the student."""
+        for param in self.teacher_parameters():
+            param.requires_grad_(False)
+        if not self.sop.embeddings.cls_token.is_meta:
+            self.copy_student_to_teacher()
+
+    @torch.no_grad()
+    def copy_student_to_teacher(self) -> None:
+        teacher, student = self._shared_pairs()
+        torch._foreach_copy_(teacher, [s.detach() for s in student])
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA over the shared parameters: theta_t <- m * theta_t + (1 - m) * theta_s. Call after the optimizer step."""
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if momentum == 1.0:
+            return
+        teacher, student = self._shared_pairs()
+        torch._foreach_lerp_(teacher, [s.detach().to(t.dtype) for t, s in zip(teacher, student)], 1.0 - momentum)
+
+    def _generator(self, stream: int, rank: int = 0) -> torch.Generator:
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(_stream_seed(self.anchor_seed, int(self.step_count), stream, rank))
+        return generator
+
+    def export_encoder(self, which: str = "teacher") -> SOPModel:
+        """A standalone ``SOPModel`` (no banks, no heads, no mask token) holding the teacher's or student's weights."""
+        if which not in ("teacher", "student"):
+            raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
+        fields = set(SOPConfig.__dataclass_fields__) - {"model_type", "architectures", "auto_map"}
+        values = {k: v for k, v in self.config.to_dict().items() if k in fields}
+        config = SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0})
+        encoder = SOPModel(config)
+        source = self.teacher if which == "teacher" else self.sop
+        state = {k: v for k, v in source.state_dict().items() if not k.endswith("mask_token")}
+        encoder.load_state_dict(state, strict=True)
+        return encoder.to(next(source.parameters()).dtype).eval()
+
+
+class SOPForPreTraining(StudentTeacherPreTrainedModel):
     """Student + EMA teacher + heads + class/patch memory banks + SOP and SOP-MIM losses.
 
     The teacher starts as an exact copy of the student, has no drop path, no mask token and no gradient, and moves
@@ -96,62 +167,7 @@ class SOPForPreTraining(SOPPreTrainedModel):
         self.patch_loss = SOPPatchLoss(config.num_patch_anchors, config.num_patch_tasks, config.vote_smoothing)
         self.anchor_seed = 0
         self.post_init()
-        for param in self.teacher_parameters():
-            param.requires_grad_(False)
-        if not self.sop.embeddings.cls_token.is_meta:
-            self.copy_student_to_teacher()
-
-    def _init_weights(self, module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, MemoryBank):
-            rows = torch.nn.functional.normalize(torch.randn(module.size, module.dim, device=module.rows.device), dim=1)
-            init.copy_(module.rows, rows)
-            init.zeros_(module.ptr)
-        elif module is self:
-            init.zeros_(self.step_count)
-
-    def teacher_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.teacher.parameters()) + list(self.teacher_head.parameters())
-
-    def _shared_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(teacher, student) parameters shared by name; the student-only mask token is left out."""
-        student = dict(self.sop.named_parameters()) | {f"head.{k}": v for k, v in self.head.named_parameters()}
-        teacher = dict(self.teacher.named_parameters()) | {
-            f"head.{k}": v for k, v in self.teacher_head.named_parameters()
-        }
-        names = [name for name in teacher if name in student]
-        return [teacher[n] for n in names], [student[n] for n in names]
-
-    @torch.no_grad()
-    def copy_student_to_teacher(self) -> None:
-        teacher, student = self._shared_pairs()
-        torch._foreach_copy_(teacher, [s.detach() for s in student])
-
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """EMA over the shared parameters: theta_t <- m * theta_t + (1 - m) * theta_s. Call after the optimizer step."""
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if momentum == 1.0:
-            return
-        teacher, student = self._shared_pairs()
-        torch._foreach_lerp_(teacher, [s.detach().to(t.dtype) for t, s in zip(teacher, student)], 1.0 - momentum)
-
-    def _generator(self, stream: int, rank: int = 0) -> torch.Generator:
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(_stream_seed(self.anchor_seed, int(self.step_count), stream, rank))
-        return generator
-
-    def export_encoder(self, which: str = "teacher") -> SOPModel:
-        """A standalone ``SOPModel`` (no banks, no heads, no mask token) holding the teacher's or student's weights."""
-        if which not in ("teacher", "student"):
-            raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
-        config = SOPConfig.from_dict({**self.config.to_dict(), "use_mask_token": False, "mim_loss_weight": 0.0})
-        encoder = SOPModel(config)
-        source = self.teacher if which == "teacher" else self.sop
-        state = {k: v for k, v in source.state_dict().items() if not k.endswith("mask_token")}
-        encoder.load_state_dict(state, strict=True)
-        return encoder.to(next(source.parameters()).dtype).eval()
+        self.freeze_and_sync_teacher()
 
     def forward(
         self,
@@ -245,4 +261,4 @@ class SOPForPreTraining(SOPPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["SOPForPreTraining", "SOPForPreTrainingOutput"]
+__all__ = ["SOPForPreTraining", "SOPForPreTrainingOutput", "StudentTeacherPreTrainedModel"]

@@ -1,0 +1,98 @@
+"""MaSSL / CARP / CARL pretraining models on the SOP encoder: steps, gradients, EMA, banks, export, configs."""
+
+import math
+
+import pytest
+import torch
+
+from sop_hf import LineageConfig, LineageForPreTraining, SOPModel
+from sop_hf.modeling_lineage import METHOD_DEFAULTS
+from tests.conftest import TINY
+
+SIZES = dict(memory_size=64, block_size=16, num_prototypes=64)
+
+
+def lineage(method, **overrides):
+    return LineageForPreTraining(LineageConfig.for_method(method, **{**TINY, **SIZES, **overrides}))
+
+
+def inputs(batch=4, local=2):
+    return dict(pixel_values=torch.randn(2 * batch, 3, 32, 32), local_pixel_values=torch.randn(local * batch, 3, 16, 16))
+
+
+@pytest.mark.parametrize("method", ["massl", "carp", "carl"])
+def test_step__finite_loss_gradients_only_to_the_student(method):
+    model = lineage(method).train()
+    out = model(**inputs())
+    assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
+    out.loss.backward()
+    for name, param in model.named_parameters():
+        if name.startswith(("teacher", "teacher_head", "teacher_prototypes")):
+            assert param.grad is None, name
+        else:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert int(model.step_count) == 1
+
+
+@pytest.mark.parametrize("method", ["massl", "carp", "carl"])
+def test_teacher__starts_as_copy_and_moves_by_ema(method):
+    model = lineage(method)
+    pairs = list(zip(*model._shared_pairs()))
+    assert pairs and all(torch.equal(t, s) for t, s in pairs)
+    with torch.no_grad():
+        for _, s in pairs:
+            s.add_(1.0)
+    model.update_teacher(0.75)
+    for t, s in pairs:
+        torch.testing.assert_close(t, s - 0.75)
+    if method != "massl":
+        assert any(t is model.teacher_prototypes.weight for t, _ in pairs)
+
+
+def test_massl__memory_enqueues_teacher_view_one_and_initial_loss_values():
+    model = lineage("massl").train()
+    batch = inputs()
+    out = model(**batch)
+    assert int(model.memory.ptr) == 4
+    torch.testing.assert_close(model.memory.rows[:4], out.teacher_embeddings[4:])
+    model.eval()
+    with torch.no_grad():
+        model.memory.rows.copy_(torch.nn.functional.normalize(torch.ones(64, 16), dim=1))
+        assert abs(model(**batch).loss.item() - math.log(16)) < 1e-5  # equal memory rows -> ln N_B
+    assert int(model.memory.ptr) == 4  # eval never enqueues
+
+
+def test_carp_carl__initial_consistency_near_ln_block():
+    # Freshly initialised prototypes (std 0.02) give nearly uniform block distributions.
+    carp, carl = lineage("carp").eval(), lineage("carl").eval()
+    with torch.no_grad():
+        assert abs(carp(**inputs()).loss.item() - math.log(16)) < 0.05
+        assert abs(carl(**inputs()).loss.item() - math.log(64)) < 0.05
+    assert carl.config.block_size == 64  # CARL: one block of all prototypes
+    assert not carp.head.normalize and lineage("massl").head.normalize
+
+
+def test_config__defaults_validation_and_round_trip(tmp_path):
+    assert LineageConfig.for_method("carp").block_size == METHOD_DEFAULTS["carp"]["block_size"] == 512
+    assert LineageConfig.for_method("massl").memory_size == 65536
+    with pytest.raises(ValueError, match="LineageConfig.method must be one of"):
+        LineageConfig(method="byol")
+    with pytest.raises(ValueError, match=r"LineageConfig.block_size must be in \[1, 64\]"):
+        LineageConfig.for_method("carp", **TINY, num_prototypes=64, block_size=65)
+    model = lineage("carp")
+    model.save_pretrained(tmp_path)
+    loaded = LineageForPreTraining.from_pretrained(tmp_path)
+    assert loaded.config.method == "carp"
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("method", ["massl", "carl"])
+def test_export__a_plain_sop_encoder(method, tmp_path):
+    model = lineage(method)
+    encoder = model.export_encoder("teacher")
+    assert isinstance(encoder, SOPModel) and encoder.config.model_type == "sop"
+    encoder.save_pretrained(tmp_path)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(SOPModel.from_pretrained(tmp_path)(images).last_hidden_state,
+                               model.teacher.eval()(images).last_hidden_state)  # fmt: skip
