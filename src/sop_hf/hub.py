@@ -23,6 +23,7 @@ Push an encoder exported from a pretraining run (needs a token with write access
     push_encoder_to_hub(encoder, "me/sop-vit-small", training={"dataset": "imagenet-1k", "num_train_epochs": 100})
 """
 
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -145,6 +146,38 @@ _EVAL_FIELDS = {
     "dataset_split", "dataset_revision", "dataset_args", "metric_name", "metric_config", "metric_args",
     "verified", "verify_token", "source_name", "source_url",
 }  # fmt: skip
+
+
+_RECIPE_TABLE = re.compile(r"## Training recipe\n\n(?P<intro>[^\n]*)\n\n\| Setting \| Value \|\n\|---\|---\|\n"
+                           r"(?P<rows>(?:\|[^\n]*\|\n?)*)")  # fmt: skip
+
+
+def _parse_value(text: str):
+    text = text.strip().replace("\\|", "|")
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def training_from_card(text: str) -> dict | None:
+    """The ``training`` dict of ``build_model_card``, read back from a card's "Training recipe" table."""
+    match = _RECIPE_TABLE.search(text)
+    if match is None or match.group("intro").startswith("No training information"):
+        return None
+    keys = {label: names[0] for label, names in _RECIPE_ROWS} | dict(_SOP_ROWS)  # row label -> training key
+    training = {}
+    for line in match.group("rows").splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) != 2 or cells[1] == NOT_RECORDED:
+            continue
+        label, value = cells
+        key = label.strip("`") if label.startswith("`") else keys.get(label)
+        if key is not None:
+            training[key] = _parse_value(value)
+    return training or None
 
 
 def count_parameters(config: SOPConfig) -> int:

@@ -47,7 +47,7 @@ def knn_classify(
     for start in range(0, test.shape[0], test_chunk):
         queries = test[start : start + test_chunk]  # [q, D]
         best_sim = queries.new_full((queries.shape[0], 0), float("-inf"))
-        best_idx = torch.empty((queries.shape[0], 0), dtype=torch.long)
+        best_idx = torch.empty((queries.shape[0], 0), dtype=torch.long, device=queries.device)
         for t_start in range(0, train.shape[0], train_chunk):
             sim = queries @ train[t_start : t_start + train_chunk].T  # [q, c]
             top = sim.topk(min(max_k, sim.shape[1]), dim=1)
