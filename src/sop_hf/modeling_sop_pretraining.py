@@ -126,15 +126,19 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         generator.manual_seed(_stream_seed(self.anchor_seed, int(self.step_count), stream, rank))
         return generator
 
-    def export_encoder(self, which: str = "teacher") -> SOPModel:
-        """A standalone ``SOPModel`` (no banks, no heads, no mask token) holding the teacher's or student's weights."""
+    def backbone(self, which: str = "teacher") -> torch.nn.Module:
+        """The live teacher or student encoder (no copy): what evaluation during training runs on."""
         if which not in ("teacher", "student"):
             raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
+        return self.teacher if which == "teacher" else self.sop
+
+    def export_encoder(self, which: str = "teacher") -> SOPModel:
+        """A standalone ``SOPModel`` (no banks, no heads, no mask token) holding the teacher's or student's weights."""
+        source = self.backbone(which)
         fields = set(SOPConfig.__dataclass_fields__) - {"model_type", "architectures", "auto_map"}
         values = {k: v for k, v in self.config.to_dict().items() if k in fields}
         config = SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0})
         encoder = SOPModel(config)
-        source = self.teacher if which == "teacher" else self.sop
         state = {k: v for k, v in source.state_dict().items() if not k.endswith("mask_token")}
         encoder.load_state_dict(state, strict=True)
         return encoder.to(next(source.parameters()).dtype).eval()

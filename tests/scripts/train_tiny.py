@@ -1,13 +1,15 @@
 """A tiny SOP pretraining run on synthetic, index-seeded data, for the trainer tests (resume, 2 processes, NaN).
 
     python tests/scripts/train_tiny.py OUT_DIR --max_steps 6 [--save_steps 3] [--kill_after_save 3]
-        [--resume CHECKPOINT] [--grad_accum 2] [--nan_at_step 2]
+        [--resume CHECKPOINT] [--grad_accum 2] [--nan_at_step 2] [--monitor 2 [--collapse] [--stop_on_collapse]]
     accelerate launch --multi_gpu --num_processes 2 ... tests/scripts/train_tiny.py OUT_DIR --max_steps 4
 
-Writes OUT_DIR/result.pt on the main process: per-step losses, the final state dict, banks and step count.
+Writes OUT_DIR/result.pt on the main process: per-step losses, the final state dict, banks and step count; with
+--monitor every rank writes its log history (OUT_DIR/log_rank<r>.json) and rank 0 the curves PNG.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -16,7 +18,8 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
-from sop_hf.trainer import SOPTrainer, SOPTrainingArguments  # noqa: E402
+from sop_hf import SOPImageProcessor  # noqa: E402
+from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves  # noqa: E402
 
 TINY = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             head_hidden_size=32, head_output_size=16, class_memory_size=40, num_anchors=8, num_support=3,
@@ -38,6 +41,24 @@ def collate(rows):
     crops = torch.stack([r["crops"] for r in rows], dim=1)  # [2, B, 3, 16, 16]
     masks = torch.stack([r["masks"] for r in rows], dim=1)  # [2, B, 4]
     return {"pixel_values": crops.flatten(0, 1), "bool_masked_pos": masks.flatten(0, 1)}
+
+
+def labelled_images(n: int, seed: int):
+    """A datasets.Dataset of 16-px RGB images in two classes: dark or bright templates plus a little noise."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    templates = [np.random.default_rng(c).integers(0, 100, (16, 16, 3)) + 130 * c for c in (0, 1)]
+    rows = {"image": [], "label": []}
+    for i in range(n):
+        label = i % 2
+        pixels = np.clip(templates[label] + rng.integers(-10, 10, (16, 16, 3)), 0, 255).astype(np.uint8)
+        rows["image"].append(Image.fromarray(pixels))
+        rows["label"].append(label)
+    return datasets.Dataset.from_dict(rows, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["dark", "bright"])}))  # fmt: skip
 
 
 class KillAfterSave(TrainerCallback):
@@ -69,6 +90,9 @@ def main():
     parser.add_argument("--grad_accum", type=int, default=1)
     parser.add_argument("--nan_at_step", type=int, default=-1)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--monitor", type=int, default=0, help="TrainingMonitorCallback every N steps")
+    parser.add_argument("--collapse", action="store_true", help="collapse the teacher (zero final norm, no EMA)")
+    parser.add_argument("--stop_on_collapse", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = SOPForPreTraining(SOPConfig(**TINY))
@@ -76,7 +100,8 @@ def main():
         output_dir=args.out_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=args.grad_accum, learning_rate=1e-3, warmup_steps=2, logging_steps=1,
         save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, use_cpu=True,
-        seed=7, report_to=[], dataloader_num_workers=0, disable_tqdm=True, momentum_teacher=0.9,
+        seed=7, report_to=[], dataloader_num_workers=0, disable_tqdm=True,
+        momentum_teacher=1.0 if args.collapse else 0.9, momentum_teacher_end=1.0,
         full_determinism=False,
     )  # fmt: skip
     callbacks = []
@@ -84,6 +109,16 @@ def main():
         callbacks.append(KillAfterSave(args.kill_after_save))
     if args.nan_at_step >= 0:
         callbacks.append(InjectNaN(args.nan_at_step))
+    if args.collapse:
+        with torch.no_grad():
+            model.teacher.layernorm.weight.zero_()
+            model.teacher.layernorm.bias.zero_()
+    if args.monitor:
+        monitor = TrainingMonitorCallback(labelled_images(16, 1), labelled_images(8, 2), SOPImageProcessor(size=16),
+                                          every_n_steps=args.monitor, k=3,
+                                          num_prototypes=model.config.num_kept_anchors,
+                                          stop_on_collapse=args.stop_on_collapse)  # fmt: skip
+        callbacks.append(monitor)
     trainer = SOPTrainer(model=model, args=training_args, train_dataset=IndexSeededImages(), data_collator=collate,
                          callbacks=callbacks)  # fmt: skip
     trainer.train(resume_from_checkpoint=args.resume)
@@ -92,6 +127,11 @@ def main():
         terms = {row["step"]: row.get("sop_loss") for row in trainer.state.log_history if "loss" in row}
         torch.save({"losses": losses, "sop_losses": terms, "state": model.state_dict(),
                     "world_size": training_args.world_size}, os.path.join(args.out_dir, "result.pt"))  # fmt: skip
+    if args.monitor:
+        with open(os.path.join(args.out_dir, f"log_rank{training_args.process_index}.json"), "w") as handle:
+            json.dump({"log_history": trainer.state.log_history, "global_step": trainer.state.global_step}, handle)
+        if trainer.is_world_process_zero():
+            plot_training_curves(trainer.state.log_history, os.path.join(args.out_dir, "curves.png"))
     # every rank writes its bank so the test can compare ranks
     torch.save(model.class_memory.state_dict(), os.path.join(args.out_dir, f"bank_rank{training_args.process_index}.pt"))
 

@@ -1,7 +1,8 @@
-"""SOP pretraining on transformers' Trainer: arguments, schedules, callbacks, the trainer and its plots."""
+"""SOP pretraining on transformers' Trainer: arguments, schedules, callbacks, the monitor, the trainer and its plots."""
 
 from .arguments import SOPTrainingArguments
 from .callbacks import PerParameterClipCallback, TeacherEMACallback, WeightDecayScheduleCallback
+from .monitor import TrainingMonitorCallback, effective_rank, feature_spread
 from .plots import plot_training_curves
 from .schedules import cosine_schedule, warmup_constant_schedule
 from .sop_trainer import NonFiniteLossError, SOPTrainer
@@ -12,8 +13,11 @@ __all__ = [
     "SOPTrainer",
     "SOPTrainingArguments",
     "TeacherEMACallback",
+    "TrainingMonitorCallback",
     "WeightDecayScheduleCallback",
     "cosine_schedule",
+    "effective_rank",
+    "feature_spread",
     "plot_training_curves",
     "warmup_constant_schedule",
 ]

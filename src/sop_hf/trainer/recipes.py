@@ -21,7 +21,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         ),  # fmt: skip
         "data": dict(
             dataset_name="embedded", global_crop_size=28, global_crop_scale=(0.3, 1.0), num_local_crops=0,
-            local_crop_size=16, eval_resize_ratio=1.0, knn_eval=True, solarize_prob=0.0,
+            local_crop_size=16, eval_resize_ratio=1.0, knn_eval=True, solarize_prob=0.0, monitor_steps=100,
         ),  # fmt: skip
         "training": dict(
             max_steps=500, per_device_train_batch_size=128, learning_rate=3e-3, warmup_steps=50,

@@ -132,6 +132,9 @@ class SOPTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for callback in self.callback_handler.callbacks:  # e.g. TrainingMonitorCallback's k-NN / collapse metrics
+            if hasattr(callback, "pop_logs"):
+                logs.update(callback.pop_logs())
         if "loss" in logs and self._term_sums:
             for key, total in self._term_sums.items():
                 mean = total / self._term_counts[key]
