@@ -15,23 +15,35 @@ import torch
 from sop_hf.evaluation.knn import knn_top1
 
 
-def _case(num_train: int, num_test: int, dim: int = 384, num_classes: int = 10) -> tuple[float, float]:
+def _case(num_train: int, num_test: int, dim: int = 384, num_classes: int = 10, device: str = "cpu"):
+    """(seconds, peak memory growth in MiB: host RSS on CPU, CUDA allocator peak on a GPU)."""
     g = torch.Generator().manual_seed(0)
     train, test = torch.randn(num_train, dim, generator=g), torch.randn(num_test, dim, generator=g)
     train_y = torch.randint(0, num_classes, (num_train,), generator=g)
     test_y = torch.randint(0, num_classes, (num_test,), generator=g)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    train, test, train_y, test_y = (t.to(device) for t in (train, test, train_y, test_y))
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
     knn_top1(train, train_y, test, test_y)
+    if on_cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    after = torch.cuda.max_memory_allocated() if on_cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return seconds, (after - before) / 2**20
 
 
 def run(quick: bool = False, device: str | None = None) -> dict:
-    seconds, peak = _case(60000, 10000 if not quick else 2000)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    seconds, peak = _case(60000, 10000 if not quick else 2000, device=device)
     results = {"fmnist_size_seconds": seconds, "fmnist_size_peak_growth_mib": peak}
     if not quick:
-        seconds, peak = _case(1_281_167, 10000, num_classes=1000)
+        seconds, peak = _case(1_281_167, 10000, num_classes=1000, device=device)
         results.update(imagenet_size_seconds=seconds, imagenet_size_peak_growth_mib=peak)
     return results
 

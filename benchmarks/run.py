@@ -17,6 +17,7 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import feature_extraction  # noqa: E402
+import mfu  # noqa: E402
 import pretraining_step  # noqa: E402
 import sop_loss  # noqa: E402
 
@@ -50,6 +51,12 @@ def main() -> None:
     rows.append((f"features SOPModel, batch {extraction['batch']} (img/s)", f"{extraction['sop_images_per_s']:.1f}"))
     rows.append((f"features ViTModel, batch {extraction['batch']} (img/s)", f"{extraction['vit_images_per_s']:.1f}"))
     rows.append(("features max |delta| SOPModel vs ViTModel", f"{extraction['max_abs_delta']:.1e}"))
+    if torch.cuda.is_available() and args.device in (None, "cuda"):
+        utilisation = mfu.run(quick=args.quick)
+        rows.append((f"MFU {utilisation['model']} bf16 step, batch {utilisation['batch']} (%)",
+                     f"{utilisation['mfu_pct']:.1f}"))  # fmt: skip
+    else:
+        rows.append(("MFU ViT-B/16 bf16 step (%)", "not measured (needs CUDA)"))
     for name in OPTIONAL:
         try:
             module = __import__(name)

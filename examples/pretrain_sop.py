@@ -28,6 +28,7 @@ import sop_hf
 from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining, SOPImageProcessor
 from sop_hf.data_sources import load_image_dataset
 from sop_hf.evaluation import extract_features, knn_top1
+from sop_hf.export import stock_image_processor
 from sop_hf.hub import build_model_card, save_encoder
 from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
 from sop_hf.trainer.data import MultiCropDataArguments, build_train_dataset, build_collator
@@ -76,17 +77,35 @@ class ModelArguments:
     )
     num_prototypes: int | None = field(default=None, metadata={"help": "CARP/CARL learnable prototypes."})
     uniformity_weight: float | None = field(default=None, metadata={"help": "CARP/CARL uniform-prior weight."})
+    encoder_type: str = field(
+        default="vit", metadata={"help": "'vit', or 'resnet' (transformers' ResNetModel, ResNet-50 by default) for "
+                                 "massl/carp/carl; CARP's paper uses ResNet-50."},
+    )  # fmt: skip
+    resnet_depths: list[int] | None = field(default=None, metadata={"help": "ResNet blocks per stage (3 4 6 3)."})
+    resnet_hidden_sizes: list[int] | None = field(
+        default=None, metadata={"help": "ResNet stage widths (256 512 1024 2048)."}
+    )
+    resnet_embedding_size: int | None = field(default=None, metadata={"help": "ResNet stem width (64)."})
+    resnet_layer_type: str | None = field(default=None, metadata={"help": "'bottleneck' (ResNet-50) or 'basic'."})
+    head_batch_norm: bool | None = field(
+        default=None, metadata={"help": "BatchNorm in the head's hidden layers (default: on for ResNet, off for ViT)."}
+    )
     neighbour_search_dtype: str = field(
         default="auto", metadata={"help": "auto (bf16 on CUDA), float32, bfloat16 (fast on AVX512-BF16 CPUs)."}
     )
 
     def to_config(self, num_channels: int = 3) -> SOPConfig:
-        lineage = ("memory_size", "block_size", "num_prototypes", "uniformity_weight")
+        lineage = ("memory_size", "block_size", "num_prototypes", "uniformity_weight", "encoder_type",
+                   "resnet_depths", "resnet_hidden_sizes", "resnet_embedding_size", "resnet_layer_type",
+                   "head_batch_norm")  # fmt: skip
         values = {k: v for k, v in asdict(self).items() if k not in ("method", "preset") and v is not None}
         values["num_channels"] = num_channels
         if self.preset:
             values = {**PRESETS[self.preset], **values}
         if self.method == "sop":
+            if self.encoder_type != "vit":
+                raise ValueError(f"--encoder_type {self.encoder_type!r} needs --method massl, carp or carl; SOP (with "
+                                 "SOP-MIM on patch tokens) runs on the ViT")  # fmt: skip
             return SOPConfig(**{k: v for k, v in values.items() if k not in lineage})
         values.update(mim_loss_weight=0.0, use_mask_token=False)
         return LineageConfig.for_method(self.method, **values)
@@ -130,6 +149,13 @@ def knn_of(encoder, train, test, data_args, processor) -> float:
     test_x, test_y = extract_features(encoder, test, processor, image_column=data_args.image_column,
                                       label_column=data_args.label_column)  # fmt: skip
     return knn_top1(train_x, train_y, test_x, test_y, ks=(data_args.knn_k,))[data_args.knn_k]
+
+
+def eval_image_processor(config, crop_pct: float):
+    """The processor of the k-NN checks and of the export: SOP's for the ViT, a stock one for the stock ResNet."""
+    if getattr(config, "encoder_type", "vit") == "resnet":
+        return stock_image_processor(config.image_size, crop_pct)
+    return SOPImageProcessor(size=config.image_size, crop_pct=crop_pct)
 
 
 def prototype_count(config, method: str) -> int | None:
@@ -185,7 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
     random_encoder = model.export_encoder("student") if training_args.process_index == 0 else None
     logger.info("%s (%s recipe): %.2fM encoder parameters", model_args.method, recipe,
                 sum(p.numel() for p in model.sop.parameters()) / 1e6)  # fmt: skip
-    processor = SOPImageProcessor(size=config.image_size, crop_pct=data_args.eval_resize_ratio)
+    if getattr(config, "encoder_type", "vit") == "resnet" and training_args.world_size > 1 and torch.cuda.is_available():
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs, as CARP
+    processor = eval_image_processor(config, data_args.eval_resize_ratio)
     wants_knn = data_args.label_column and (data_args.knn_eval or data_args.monitor_steps > 0)
     eval_splits = load_eval_splits(data_args) if wants_knn else None
     callbacks = []

@@ -35,3 +35,15 @@ def config() -> SOPConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Prefix of scripts run in a fresh interpreter that must not see sop_hf (only saved files / remote code are used).
+WITHOUT_SOP_HF = """
+import os, sys
+sys.path = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "sop_hf"))]
+try:
+    import sop_hf
+    raise SystemExit("sop_hf is still importable")
+except ImportError:
+    pass
+"""

@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from sop_hf import SOPForPreTraining, SOPImageProcessor, SOPModel
 from sop_hf.hub import NOT_RECORDED, build_model_card, count_parameters, push_encoder_to_hub, save_encoder
-from tests.conftest import tiny_config
+from tests.conftest import WITHOUT_SOP_HF, tiny_config
 from tests.fake_hub import FAKE_TOKEN, FakeHub, running_fake_hub
 
 HOME_CACHE = Path.home() / ".cache" / "huggingface"
@@ -191,7 +191,7 @@ def test_save_encoder__writes_a_self_contained_folder(tmp_path):
 
 def test_save_encoder__refuses_a_pretraining_model(tmp_path):
     model = SOPForPreTraining(tiny_config())
-    with pytest.raises(ValueError, match=r"expects an SOPModel, got SOPForPreTraining\. Call `model\.export_encoder"):
+    with pytest.raises(ValueError, match=r"expects an SOPModel or ResNetModel encoder, got SOPForPreTraining\. Call `model\.export_encoder"):
         save_encoder(model, tmp_path)
     assert not any(tmp_path.iterdir())
     save_encoder(model.export_encoder("teacher"), tmp_path / "teacher")  # the supported route
@@ -258,15 +258,7 @@ def _reference(tmp_path: Path) -> tuple[Path, Path, torch.Tensor, torch.Tensor]:
 
 
 # Runs in a fresh interpreter with sop_hf removed from sys.path, so only the repository's remote code can be used.
-LOAD_SCRIPT = """
-import os, sys
-sys.path = [p for p in sys.path if p and not os.path.isdir(os.path.join(p, "sop_hf"))]
-try:
-    import sop_hf
-    raise SystemExit("sop_hf is still importable")
-except ImportError:
-    pass
-import torch
+LOAD_SCRIPT = WITHOUT_SOP_HF + """import torch
 from huggingface_hub import hf_hub_download
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, pipeline
@@ -355,7 +347,7 @@ def test_push_encoder_to_hub__refuses_a_pretraining_model_before_creating_the_re
             calls.append(("upload_folder", sorted(os.listdir(kwargs["folder_path"]))))
 
     monkeypatch.setattr("sop_hf.hub.HfApi", NoNetworkApi)
-    with pytest.raises(ValueError, match=r"push_encoder_to_hub expects an SOPModel, got SOPForPreTraining\."):
+    with pytest.raises(ValueError, match=r"push_encoder_to_hub expects an SOPModel or ResNetModel encoder, got SOPForPreTraining\."):
         push_encoder_to_hub(SOPForPreTraining(tiny_config()), "me/x")
     assert calls == []
     push_encoder_to_hub(SOPModel(encoder_config()), "me/x")

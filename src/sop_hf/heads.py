@@ -1,7 +1,8 @@
 """SOPHead: the projection MLP shared by [CLS] and patch tokens (METHOD.md section 2).
 
 Linear(width -> hidden) - GELU - ... - Linear(hidden -> out), biases, no BatchNorm, then L2 normalisation over the
-last dim (eps 1e-6). There is no prototype layer: SOP's prototypes come from the memory banks.
+last dim (eps 1e-6). There is no prototype layer: SOP's prototypes come from the memory banks. CARP's ResNet head
+adds BatchNorm after each hidden Linear (``batch_norm=True``) and keeps the output un-normalised.
 
 >>> import torch
 >>> head = SOPHead(in_size=32, hidden_size=64, out_size=16, num_layers=3)
@@ -23,9 +24,19 @@ class SOPHead(nn.Module):
         num_layers: Number of Linear layers (>= 1).
         normalize: L2-normalise the output (SOP, MaSSL). CARP/CARL keep the raw bottleneck: its norm acts as the
             inverse temperature of the prototype logits.
+        batch_norm: BatchNorm1d after every hidden Linear (Linear - BN - GELU), as CARP's ResNet head. Statistics
+            are taken over all leading dims together; a batch needs more than one row in training mode.
     """
 
-    def __init__(self, in_size: int, hidden_size: int, out_size: int, num_layers: int = 3, normalize: bool = True):
+    def __init__(
+        self,
+        in_size: int,
+        hidden_size: int,
+        out_size: int,
+        num_layers: int = 3,
+        normalize: bool = True,
+        batch_norm: bool = False,
+    ):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"SOPHead num_layers must be >= 1, got {num_layers}")
@@ -34,11 +45,14 @@ class SOPHead(nn.Module):
         for i in range(num_layers):
             layers.append(nn.Linear(sizes[i], sizes[i + 1]))
             if i < num_layers - 1:
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(sizes[i + 1]))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         self.normalize = normalize
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # [..., in_size] -> [..., out_size], unit rows when normalize
-        output = self.mlp(hidden_states)
+        # [..., in_size] -> [..., out_size], unit rows when normalize; BatchNorm1d needs [N, C], so flatten first
+        leading = hidden_states.shape[:-1]
+        output = self.mlp(hidden_states.reshape(-1, hidden_states.shape[-1])).reshape(*leading, -1)
         return nn.functional.normalize(output, dim=-1, eps=1e-6) if self.normalize else output

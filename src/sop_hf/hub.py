@@ -4,8 +4,9 @@
   ``model-index`` from evaluation results) and a body with the method, the architecture, the training recipe, the
   evaluation table, usage snippets and citations.
 * ``save_encoder`` writes everything a user needs into one folder: ``model.safetensors``, ``config.json`` (with
-  ``auto_map``), the remote-code files, ``preprocessor_config.json`` and ``README.md``. It accepts only a
-  ``SOPModel``, so memory banks, heads and the teacher of ``SOPForPreTraining`` never leave the training run.
+  ``auto_map``), the remote-code files, ``preprocessor_config.json`` and ``README.md``. It accepts only an encoder
+  (an ``SOPModel``, or the stock ``ResNetModel`` of ResNet lineage runs, which needs no remote code), so memory
+  banks, heads and the teacher of a pretraining model never leave the training run.
 * ``push_encoder_to_hub`` saves into a temporary folder and uploads it in one commit, so the README on the Hub is
   this module's card (``PreTrainedModel.push_to_hub`` writes a generic card of its own).
 
@@ -32,8 +33,10 @@ from typing import Any
 
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from transformers import ResNetModel
 
 from .configuration_sop import PRESETS, SOPConfig
+from .export import stock_image_processor
 from .image_processing_sop import SOPImageProcessor
 from .modeling_sop import SOPModel
 
@@ -180,10 +183,23 @@ def training_from_card(text: str) -> dict | None:
     return training or None
 
 
-def count_parameters(config: SOPConfig) -> int:
-    """Number of parameters of ``SOPModel(config)``, counted on the meta device (no memory, no init cost)."""
+ENCODER_CLASSES = (SOPModel, ResNetModel)
+# ResNet depth names by (block type, blocks per stage)
+_RESNET_NAMES = {
+    ("basic", (2, 2, 2, 2)): "ResNet-18", ("basic", (3, 4, 6, 3)): "ResNet-34",
+    ("bottleneck", (3, 4, 6, 3)): "ResNet-50", ("bottleneck", (3, 4, 23, 3)): "ResNet-101",
+    ("bottleneck", (3, 8, 36, 3)): "ResNet-152",
+}  # fmt: skip
+
+
+def _is_resnet(config) -> bool:
+    return getattr(config, "model_type", None) == "resnet"
+
+
+def count_parameters(config) -> int:
+    """Parameters of the encoder ``config`` describes (``SOPModel`` or ``ResNetModel``), counted on the meta device."""
     with torch.device("meta"):
-        model = SOPModel(config)
+        model = ResNetModel(config) if _is_resnet(config) else SOPModel(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -194,8 +210,13 @@ def _format_count(count: int) -> str:
     return f"{count:,}"
 
 
-def _architecture_name(config: SOPConfig) -> str:
-    """``ViT-S/16`` for the standard presets, else ``ViT (width 32, depth 2, patch 8)``."""
+def _architecture_name(config) -> str:
+    """``ViT-S/16`` / ``ResNet-50`` for the standard sizes, else ``ViT (width 32, depth 2, patch 8)`` and so on."""
+    if _is_resnet(config):
+        name = _RESNET_NAMES.get((config.layer_type, tuple(config.depths)))
+        if name and config.hidden_sizes[-1] == (2048 if config.layer_type == "bottleneck" else 512):
+            return name
+        return f"ResNet ({config.layer_type} blocks, depths {_format_value(config.depths)})"
     for name, dims in PRESETS.items():
         if all(getattr(config, key) == value for key, value in dims.items()):
             return f"ViT-{name.split('_')[1][0].upper()}/{config.patch_size}"
@@ -238,19 +259,30 @@ def _global_batch_size(training: Mapping[str, Any]) -> Any:
     return per_device * training.get("world_size", 1) * training.get("gradient_accumulation_steps", 1)
 
 
-def _architecture_section(config: SOPConfig) -> str:
-    rows = [
-        ("Backbone", "pre-norm ViT (DINO/iBOT style), no layer-scale"),
-        ("Image size", f"{config.image_size} px (position embeddings interpolate to other sizes)"),
-        ("Patch size", f"{config.patch_size} px"),
-        ("Width", config.hidden_size),
-        ("Depth", config.num_hidden_layers),
-        ("Attention heads", config.num_attention_heads),
-        ("MLP width", config.intermediate_size),
-        ("Input channels", config.num_channels),
-        ("Parameters", _format_count(count_parameters(config))),
-        ("Features", "`pooler_output`: final [CLS] token after the last LayerNorm"),
-    ]
+def _architecture_section(config) -> str:
+    if _is_resnet(config):
+        rows = [
+            ("Backbone", f"transformers `ResNetModel`, {config.layer_type} blocks"),
+            ("Blocks per stage", config.depths),
+            ("Stage widths", config.hidden_sizes),
+            ("Stem width", config.embedding_size),
+            ("Input channels", config.num_channels),
+            ("Parameters", _format_count(count_parameters(config))),
+            ("Features", "`pooler_output`: global average pool of the last stage, [B, width, 1, 1]"),
+        ]
+    else:
+        rows = [
+            ("Backbone", "pre-norm ViT (DINO/iBOT style), no layer-scale"),
+            ("Image size", f"{config.image_size} px (position embeddings interpolate to other sizes)"),
+            ("Patch size", f"{config.patch_size} px"),
+            ("Width", config.hidden_size),
+            ("Depth", config.num_hidden_layers),
+            ("Attention heads", config.num_attention_heads),
+            ("MLP width", config.intermediate_size),
+            ("Input channels", config.num_channels),
+            ("Parameters", _format_count(count_parameters(config))),
+            ("Features", "`pooler_output`: final [CLS] token after the last LayerNorm"),
+        ]
     table = "\n".join(f"| {name} | {_format_value(value)} |" for name, value in rows)
     return f"## Architecture\n\n| | |\n|---|---|\n{table}\n"
 
@@ -303,6 +335,36 @@ def _evaluation_section(results: list[EvalResult]) -> str:
         "## Evaluation\n\n| Task | Dataset | Split | Metric | Value |\n|---|---|---|---|---|\n"
         f"{rows}\n\nThe same numbers are in the card's `model-index` metadata.\n"
     )
+
+
+def _resnet_usage_section(repo: str) -> str:
+    return f"""## How to use
+
+The encoder is a stock transformers `ResNetModel` with a stock image processor: no extra package and no remote code.
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+processor = AutoImageProcessor.from_pretrained("{repo}")
+model = AutoModel.from_pretrained("{repo}").eval()
+inputs = processor(images=Image.open("image.jpg"), return_tensors="pt")
+with torch.no_grad():
+    outputs = model(**inputs)
+features = outputs.pooler_output.flatten(1)  # [1, width]: the global embedding, for k-NN / linear probes
+feature_map = outputs.last_hidden_state  # [1, width, h, w]
+```
+
+With the feature-extraction pipeline (`pool=True` returns the pooled embedding):
+
+```python
+from transformers import pipeline
+
+extractor = pipeline("image-feature-extraction", model="{repo}")
+features = extractor("image.jpg", pool=True)
+```
+"""
 
 
 def _usage_section(repo: str) -> str:
@@ -395,7 +457,7 @@ def build_model_card(
         tags=["sop_hf", "self-supervised-learning", "vision", "image-feature-extraction", method],
         base_model=base_model,
         datasets=[training["dataset"]] if training and isinstance(training.get("dataset"), str) else None,
-        model_name=(repo_id or f"{method}-vit") if results else None,  # only model-index uses it
+        model_name=(repo_id or f"{method}-{'resnet' if _is_resnet(config) else 'vit'}") if results else None,
         eval_results=results or None,
     )
     if method in ("sop", "sop-mim"):
@@ -408,21 +470,25 @@ def build_model_card(
             f"`sop_hf` is built around SOP (*Self-Organizing Visual Prototypes for Non-Parametric Representation "
             "Learning*, ICML 2025, [arXiv:2505.21533](https://arxiv.org/abs/2505.21533)), which draws prototypes "
             "from a memory bank of teacher embeddings as anchors plus k nearest support embeddings voting with "
-            f"soft labels; {display} is one of its predecessors and shares its encoder and export format."
+            f"soft labels; {display} is one of its predecessors and shares its training loop and export format."
         )
+    if _is_resnet(config):
+        network, outputs = "convolutional network (ResNet)", "the average-pooled last feature map) and the feature map"
+    else:
+        network, outputs = "vision transformer", "the [CLS] token) and per-patch tokens"
     parts = [
         f"# {display} {_architecture_name(config)} image encoder\n",
-        f"A self-supervised vision transformer pretrained with **{display}** and exported with `sop_hf`. It maps "
-        "an image to a global embedding (the [CLS] token) and per-patch tokens, for k-NN classification, linear "
-        "probing, retrieval or fine-tuning. Only the encoder is included: projection heads, the EMA teacher and "
-        "the memory banks stay with the training checkpoint.\n",
+        f"A self-supervised {network} pretrained with **{display}** and exported with `sop_hf`. It maps an image "
+        f"to a global embedding ({outputs}, for k-NN classification, linear probing, retrieval or fine-tuning. "
+        "Only the encoder is included: projection heads, the EMA teacher and the memory banks or prototypes stay "
+        "with the training checkpoint.\n",
         f"## Method\n\n{summary}\n\n{context}\n",
         _architecture_section(config),
         _recipe_section(config, method, training),
     ]
     if training_curves:
         parts.append(f"## Training curves\n\n![Training curves]({training_curves})\n")
-    parts += [_evaluation_section(results), _usage_section(repo)]
+    parts += [_evaluation_section(results), (_resnet_usage_section if _is_resnet(config) else _usage_section)(repo)]
     citations = [_SOP_BIBTEX] + ([_LINEAGE_BIBTEX[method]] if method in _LINEAGE_BIBTEX else [])
     parts.append("## Citation\n\n" + "\n\n".join(f"```bibtex\n{c}\n```" for c in citations) + "\n")
     body = "\n".join(parts)
@@ -430,14 +496,24 @@ def build_model_card(
 
 
 def _check_encoder(encoder: Any, caller: str) -> None:
-    if not isinstance(encoder, SOPModel):
+    if not isinstance(encoder, ENCODER_CLASSES):
         hint = (
             " Call `model.export_encoder('teacher')` (or 'student') first, so heads and memory banks stay out of "
             "the export."
             if hasattr(encoder, "export_encoder")
             else ""
         )
-        raise ValueError(f"{caller} expects an SOPModel, got {type(encoder).__name__}.{hint}")
+        raise ValueError(f"{caller} expects an SOPModel or ResNetModel encoder, got {type(encoder).__name__}.{hint}")
+
+
+def default_image_processor(config, crop_pct: float = 0.875):
+    """The processor saved beside an encoder when none is given: ``SOPImageProcessor`` at the ViT's training size,
+    or, for a ResNet (stock model, so no remote code wanted), the same transform as a stock transformers processor
+    (``export.stock_image_processor``) at 224 px."""
+    size = getattr(config, "image_size", 224)
+    if _is_resnet(config):
+        return stock_image_processor(size, crop_pct)
+    return SOPImageProcessor(size=size, crop_pct=crop_pct)
 
 
 def save_encoder(
@@ -476,7 +552,7 @@ def save_encoder(
         card_kwargs["training_curves"] = Path(curves).name
     encoder.save_pretrained(save_directory)
     if image_processor is None:
-        image_processor = SOPImageProcessor(size=encoder.config.image_size)
+        image_processor = default_image_processor(encoder.config)
     image_processor.save_pretrained(save_directory)
     if model_card is None:
         model_card = build_model_card(encoder.config, **card_kwargs)

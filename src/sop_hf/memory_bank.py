@@ -63,16 +63,13 @@ class MemoryBank(nn.Module):
         num_keys = keys.shape[0]
         if num_keys == 0:
             return
-        ptr = int(self.ptr)
-        if num_keys >= self.size:
-            # The last K keys survive; key j lands at row (ptr + j) mod K.
-            first = num_keys - self.size
-            index = (ptr + first + torch.arange(self.size, device=keys.device)) % self.size
-            self.rows[index] = keys[first:]
-        else:
-            index = (ptr + torch.arange(num_keys, device=keys.device)) % self.size
-            self.rows[index] = keys
-        self.ptr.fill_((ptr + num_keys) % self.size)
+        # The pointer stays a device tensor (no host sync in the step, no torch.compile graph break). When G >= K
+        # only the last K keys survive; key j lands at row (ptr + j) mod K either way.
+        first = max(0, num_keys - self.size)
+        offsets = first + torch.arange(num_keys - first, device=self.rows.device)  # [min(G, K)]
+        index = (self.ptr + offsets) % self.size
+        self.rows.index_copy_(0, index, keys[first:].to(self.rows.device))
+        self.ptr.copy_((self.ptr + num_keys) % self.size)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}"

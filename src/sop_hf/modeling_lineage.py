@@ -12,11 +12,15 @@ The same student / EMA-teacher ViT, projection head, training loop and export as
 - **CARL** (arXiv 2112.15421, form inferred from CARP: no public code): one block of all prototypes, the
   consistency term plus ``uniformity_weight`` x KL(p-bar || uniform).
 
-Differences from the references: CARP's head here has no BatchNorm and its backbone is the ViT (a ResNet-50
-backbone is not provided in this version); temperatures come from the training loop like SOP's.
+Encoders: the SOP ViT for every method, or (``encoder_type="resnet"``) transformers' own ``ResNetModel`` (ResNet-50
+by default, as in the CARP paper), whose globally pooled 2048-d output feeds the head. With a ResNet the head gets
+BatchNorm in its hidden layers (CARP's head: 2048-2048-2048-256 with BN and GELU) unless ``head_batch_norm`` says
+otherwise. The exported ResNet encoder is a stock ``ResNetModel``: ``AutoModel`` loads it without ``sop_hf`` or
+remote code. Temperatures come from the training loop like SOP's.
 """
 
 import torch
+from transformers import ResNetConfig, ResNetModel
 
 from .configuration_sop import SOPConfig
 from .heads import SOPHead
@@ -27,6 +31,7 @@ from .modeling_sop import SOPModel
 from .modeling_sop_pretraining import NUM_GLOBAL_VIEWS, SOPForPreTrainingOutput, StudentTeacherPreTrainedModel
 
 METHODS = ("massl", "carp", "carl")
+ENCODER_TYPES = ("vit", "resnet")
 # Published defaults (METHOD.md): MaSSL README recipe blocks (16384) over the code's 65536-row memory; CARP 65536
 # prototypes in blocks of 512; CARL one block (its K is not published; 4096 here).
 METHOD_DEFAULTS = {
@@ -45,6 +50,13 @@ class LineageConfig(SOPConfig):
         block_size: MaSSL memory block / CARP prototype block N_B (ignored by CARL: one block).
         num_prototypes: CARP / CARL learnable prototypes.
         uniformity_weight: weight of CARP/CARL's uniform prior (CARP 1; CARL's lambda).
+        encoder_type: "vit" (the SOP ViT; every ViT field applies) or "resnet" (transformers' ``ResNetModel`` built
+            from the ``resnet_*`` fields; ``image_size`` still sets the crops, the ViT fields are unused).
+        resnet_embedding_size, resnet_hidden_sizes, resnet_depths, resnet_layer_type: ``ResNetConfig``'s
+            ``embedding_size``, ``hidden_sizes``, ``depths``, ``layer_type``; the defaults are ResNet-50 (2048-d
+            features). Shrink them (e.g. basic blocks, depths [1, 1]) only for tests and tiny images.
+        head_batch_norm: BatchNorm1d after each hidden Linear of the head (CARP's ResNet head). ``None`` means on
+            for ``encoder_type="resnet"``, off for the ViT (DINO-style ViT heads have none).
     """
 
     model_type = "sop_lineage"
@@ -56,10 +68,32 @@ class LineageConfig(SOPConfig):
     uniformity_weight: float = 1.0
     mim_loss_weight: float = 0.0
     use_mask_token: bool = False
+    encoder_type: str = "vit"
+    resnet_embedding_size: int = 64
+    resnet_hidden_sizes: list[int] | tuple[int, ...] = (256, 512, 1024, 2048)
+    resnet_depths: list[int] | tuple[int, ...] = (3, 4, 6, 3)
+    resnet_layer_type: str = "bottleneck"
+    head_batch_norm: bool | None = None
 
     def __post_init__(self, **kwargs):
         if self.method not in METHODS:
             raise ValueError(f"LineageConfig.method must be one of {METHODS}, got {self.method!r}")
+        if self.encoder_type not in ENCODER_TYPES:
+            raise ValueError(f"LineageConfig.encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}")
+        self.resnet_hidden_sizes, self.resnet_depths = list(self.resnet_hidden_sizes), list(self.resnet_depths)
+        if not self.resnet_depths or len(self.resnet_hidden_sizes) != len(self.resnet_depths):
+            raise ValueError(
+                "LineageConfig.resnet_hidden_sizes and resnet_depths must be non-empty and of equal length (one "
+                f"entry per stage), got {self.resnet_hidden_sizes} and {self.resnet_depths}"
+            )
+        if min(self.resnet_hidden_sizes + self.resnet_depths + [self.resnet_embedding_size]) < 1:
+            raise ValueError("LineageConfig.resnet_embedding_size, resnet_hidden_sizes and resnet_depths must be >= 1")
+        if self.resnet_layer_type not in ("basic", "bottleneck"):
+            raise ValueError(
+                f"LineageConfig.resnet_layer_type must be 'basic' or 'bottleneck', got {self.resnet_layer_type!r}"
+            )
+        if self.head_batch_norm is None:
+            self.head_batch_norm = self.encoder_type == "resnet"
         columns = self.memory_size if self.method == "massl" else self.num_prototypes
         if self.method == "carl":
             self.block_size = self.num_prototypes
@@ -76,6 +110,19 @@ class LineageConfig(SOPConfig):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         return cls(**{"method": method, **METHOD_DEFAULTS[method], **overrides})
 
+    @property
+    def encoder_width(self) -> int:
+        """Width of the pooled encoder feature that enters the head."""
+        return self.resnet_hidden_sizes[-1] if self.encoder_type == "resnet" else self.hidden_size
+
+    def resnet_config(self) -> ResNetConfig:
+        """The ``ResNetConfig`` of the encoder when ``encoder_type="resnet"``."""
+        return ResNetConfig(
+            num_channels=self.num_channels, embedding_size=self.resnet_embedding_size,
+            hidden_sizes=list(self.resnet_hidden_sizes), depths=list(self.resnet_depths),
+            layer_type=self.resnet_layer_type, hidden_act="relu",
+        )  # fmt: skip
+
 
 class LineageForPreTraining(StudentTeacherPreTrainedModel):
     """MaSSL / CARP / CARL pretraining with the SOP encoder; same forward arguments and outputs as SOP's model
@@ -86,12 +133,15 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
     def __init__(self, config: LineageConfig):
         super().__init__(config)
         self.method = config.method
-        self.sop = SOPModel(config, use_mask_token=False)
-        self.teacher = SOPModel(config, drop_path_rate=0.0, use_mask_token=False)
-        head_sizes = (config.hidden_size, config.head_hidden_size, config.head_output_size, config.head_num_layers)
-        normalize = config.method == "massl"
-        self.head = SOPHead(*head_sizes, normalize=normalize)
-        self.teacher_head = SOPHead(*head_sizes, normalize=normalize)
+        if config.encoder_type == "resnet":
+            self.sop, self.teacher = ResNetModel(config.resnet_config()), ResNetModel(config.resnet_config())
+        else:
+            self.sop = SOPModel(config, use_mask_token=False)
+            self.teacher = SOPModel(config, drop_path_rate=0.0, use_mask_token=False)
+        head_sizes = (config.encoder_width, config.head_hidden_size, config.head_output_size, config.head_num_layers)
+        head_options = {"normalize": config.method == "massl", "batch_norm": config.head_batch_norm}
+        self.head = SOPHead(*head_sizes, **head_options)
+        self.teacher_head = SOPHead(*head_sizes, **head_options)
         if config.method == "massl":
             self.memory = MemoryBank(config.memory_size, config.head_output_size)
             self.ema_pairs = (("sop", "teacher"), ("head", "teacher_head"))
@@ -103,6 +153,11 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
         self.anchor_seed = 0
         self.post_init()
         self.freeze_and_sync_teacher()
+
+    def build_export_encoder(self) -> SOPModel | ResNetModel:
+        if self.config.encoder_type == "resnet":
+            return ResNetModel(self.config.resnet_config())
+        return super().build_export_encoder()
 
     def _init_weights(self, module) -> None:
         super()._init_weights(module)
@@ -130,10 +185,12 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
         if batch * NUM_GLOBAL_VIEWS != pixel_values.shape[0] or batch < 2:
             raise ValueError(f"pixel_values must hold {NUM_GLOBAL_VIEWS} global views of B >= 2 images (view-major)")
         with torch.no_grad():
-            t_emb = self.teacher_head(self.teacher(pixel_values).pooler_output)  # [2B, d]
-        s_emb = self.head(self.sop(pixel_values).pooler_output)  # [2B, d]
+            t_emb = self.teacher_head(self.teacher(pixel_values).pooler_output.flatten(1))  # [2B, d]
+        # pooler_output: [B, D] ([CLS]) for the ViT, [B, D, 1, 1] (global average pool) for the ResNet
+        s_emb = self.head(self.sop(pixel_values).pooler_output.flatten(1))  # [2B, d]
         if local_pixel_values is not None and local_pixel_values.shape[0] > 0:
-            s_emb = torch.cat((s_emb, self.head(self.sop(local_pixel_values).pooler_output)))  # [V*B, d]
+            s_local = self.head(self.sop(local_pixel_values).pooler_output.flatten(1))  # [nB, d]
+            s_emb = torch.cat((s_emb, s_local))  # [V*B, d]
         generator = self._generator(0)
         entropy = None
         if self.method == "massl":
@@ -161,4 +218,4 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["LineageConfig", "LineageForPreTraining", "METHODS", "METHOD_DEFAULTS"]
+__all__ = ["ENCODER_TYPES", "LineageConfig", "LineageForPreTraining", "METHODS", "METHOD_DEFAULTS"]

@@ -103,7 +103,7 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         """Call at the end of ``__init__``: no gradient for the teacher, which starts as a copy of the student."""
         for param in self.teacher_parameters():
             param.requires_grad_(False)
-        if not self.sop.embeddings.cls_token.is_meta:
+        if not next(self.sop.parameters()).is_meta:
             self.copy_student_to_teacher()
 
     @torch.no_grad()
@@ -132,13 +132,17 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
             raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
         return self.teacher if which == "teacher" else self.sop
 
-    def export_encoder(self, which: str = "teacher") -> SOPModel:
-        """A standalone ``SOPModel`` (no banks, no heads, no mask token) holding the teacher's or student's weights."""
-        source = self.backbone(which)
+    def build_export_encoder(self) -> SOPModel:
+        """A fresh encoder of the exported architecture: an ``SOPModel`` without mask token or SOP-MIM weight."""
         fields = set(SOPConfig.__dataclass_fields__) - {"model_type", "architectures", "auto_map"}
         values = {k: v for k, v in self.config.to_dict().items() if k in fields}
-        config = SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0})
-        encoder = SOPModel(config)
+        return SOPModel(SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0}))
+
+    def export_encoder(self, which: str = "teacher") -> torch.nn.Module:
+        """A standalone encoder (no banks, no heads, no mask token) holding the teacher's or student's weights (and
+        BatchNorm statistics, for a ResNet): an ``SOPModel``, or a ``ResNetModel`` for ResNet lineage models."""
+        source = self.backbone(which)
+        encoder = self.build_export_encoder()
         state = {k: v for k, v in source.state_dict().items() if not k.endswith("mask_token")}
         encoder.load_state_dict(state, strict=True)
         return encoder.to(next(source.parameters()).dtype).eval()

@@ -13,6 +13,9 @@ Pooling modes (``pooling``), all taken after the encoder's final LayerNorm:
 - ``"cls_mean_patch"``: the final [CLS] token and the mean of the final patch tokens concatenated, [N, 2 * D]
   (DINO's ``--avgpool_patchtokens``).
 
+A convolutional encoder (``ResNetModel``, whose ``last_hidden_state`` is a [N, D, h, w] map) supports ``"cls"`` only,
+meaning its global average pool, [N, D].
+
 ``scales`` other than ``(1.0,)`` resize the processed batch (bilinear, sides snapped to multiples of the patch size),
 L2-normalise the features of every scale, average them and L2-normalise again (multi-scale retrieval features).
 
@@ -100,7 +103,12 @@ def pool_output(output, model: torch.nn.Module, pooling: str = "cls", n_last_blo
     Raises:
         ValueError: For an unknown pooling, a missing ``hidden_states`` or too few blocks.
     """
-    tokens = output.last_hidden_state  # [B, 1 + L, D], after the final norm
+    tokens = output.last_hidden_state  # [B, 1 + L, D], after the final norm; [B, D, h, w] for a CNN
+    if tokens.ndim == 4:  # a convolutional encoder (ResNetModel): its global average pool is the image feature
+        if pooling != "cls":
+            raise ValueError(f"pooling={pooling!r} needs a transformer's tokens; use 'cls' (the global average pool) "
+                             f"for {type(model).__name__}")  # fmt: skip
+        return tokens.mean(dim=(2, 3))  # [B, D]
     if pooling == "cls":
         # Token 0, not pooler_output: a ViTModel's pooler is a tanh dense layer (random when the export has none).
         return tokens[:, 0]
