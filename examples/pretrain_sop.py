@@ -25,11 +25,10 @@ import torch
 from transformers import HfArgumentParser, set_seed
 
 import sop_hf
-from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining, SOPImageProcessor
+from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining
 from sop_hf.data_sources import load_image_dataset
 from sop_hf.evaluation import extract_features, knn_top1
-from sop_hf.export import stock_image_processor
-from sop_hf.hub import build_model_card, save_encoder
+from sop_hf.hub import build_model_card, default_image_processor, save_encoder
 from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
 from sop_hf.trainer.data import MultiCropDataArguments, build_train_dataset, build_collator
 from sop_hf.trainer.recipes import RECIPES, pop_recipe, recipe_argv
@@ -151,13 +150,6 @@ def knn_of(encoder, train, test, data_args, processor) -> float:
     return knn_top1(train_x, train_y, test_x, test_y, ks=(data_args.knn_k,))[data_args.knn_k]
 
 
-def eval_image_processor(config, crop_pct: float):
-    """The processor of the k-NN checks and of the export: SOP's for the ViT, a stock one for the stock ResNet."""
-    if getattr(config, "encoder_type", "vit") == "resnet":
-        return stock_image_processor(config.image_size, crop_pct)
-    return SOPImageProcessor(size=config.image_size, crop_pct=crop_pct)
-
-
 def prototype_count(config, method: str) -> int | None:
     """P of the teacher-entropy indicator: kept anchors (SOP), learnable prototypes (CARP/CARL), none (MaSSL)."""
     if method == "sop":
@@ -213,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
                 sum(p.numel() for p in model.sop.parameters()) / 1e6)  # fmt: skip
     if getattr(config, "encoder_type", "vit") == "resnet" and training_args.world_size > 1 and torch.cuda.is_available():
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs, as CARP
-    processor = eval_image_processor(config, data_args.eval_resize_ratio)
+    processor = default_image_processor(config, data_args.eval_resize_ratio)  # k-NN checks and the export
+    num_prototypes = prototype_count(config, model_args.method)
     wants_knn = data_args.label_column and (data_args.knn_eval or data_args.monitor_steps > 0)
     eval_splits = load_eval_splits(data_args) if wants_knn else None
     callbacks = []
@@ -223,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
             eval_splits[0].select(range(min(n, len(eval_splits[0])))),
             eval_splits[1].select(range(min(n, len(eval_splits[1])))),
             processor, every_n_steps=data_args.monitor_steps, k=data_args.knn_k, which=training_args.export_encoder,
-            num_prototypes=prototype_count(config, model_args.method), stop_on_collapse=data_args.stop_on_collapse,
+            num_prototypes=num_prototypes, stop_on_collapse=data_args.stop_on_collapse,
             image_column=data_args.image_column, label_column=data_args.label_column,
         ))  # fmt: skip
     trainer = SOPTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator,
@@ -253,7 +246,6 @@ def main(argv: list[str] | None = None) -> dict:
         eval_results.append({"task_type": "image-classification", "dataset_name": data_args.dataset_name,
                              "dataset_type": data_args.dataset_name, "metric_type": "accuracy",
                              "metric_name": f"k-NN top-1 (k={data_args.knn_k})", "metric_value": trained})  # fmt: skip
-    num_prototypes = prototype_count(config, model_args.method)
     plot_path = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"),
                                      uniform_loss=math.log(num_prototypes) if num_prototypes else None)  # fmt: skip
     training_info = {

@@ -29,7 +29,7 @@ from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, Pretra
 
 from ..configuration_sop import SOPConfig
 from ..data_sources import DEBIAN_NAME, EMBEDDED_NAME, load_image_dataset
-from ..hub import METHODS, build_model_card, training_from_card
+from ..model_card import METHODS, build_model_card, training_from_card
 from ..image_loading import to_rgb_image
 from ..image_processing_sop import SOPImageProcessor
 from ..modeling_sop_pretraining import SOPForPreTraining
