@@ -188,3 +188,21 @@ def test_script__sop_refuses_the_resnet_encoder(tmp_path):
            "--output_dir", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode != 0 and "--encoder_type 'resnet' needs --method massl, carp or carl" in result.stderr
+
+
+def test_update_model_card__adds_results_to_a_resnet_export_but_not_to_a_foreign_resnet(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from sop_hf.evaluation.eval_cli import update_model_card
+
+    encoder = resnet_lineage().export_encoder("teacher")
+    folder = save_encoder(encoder, tmp_path / "ours", method="carp", training={"dataset": "embedded", "max_steps": 4})
+    result = {"task_type": "image-classification", "dataset_type": "embedded", "dataset_name": "embedded",
+              "metric_type": "accuracy", "metric_value": 0.5, "metric_name": "k-NN top-1 (k=20)"}  # fmt: skip
+    card = ModelCard.load(update_model_card(folder, [result]))
+    assert [r.metric_value for r in card.data.eval_results] == [0.5]
+    assert "carp" in card.data.tags and "# CARP ResNet (basic blocks, depths 1 / 1) image encoder" in card.text
+    assert "| Optimizer steps | 4 |" in card.text  # the recipe survives
+    encoder.save_pretrained(tmp_path / "foreign")  # a ResNet without an sop_hf card
+    with pytest.raises(ValueError, match="has model_type='resnet'"):
+        update_model_card(tmp_path / "foreign", [result])

@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 from huggingface_hub import EvalResult, ModelCard
-from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, PretrainedConfig
+from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, PretrainedConfig, ResNetConfig
 
 from ..configuration_sop import SOPConfig
 from ..data_sources import DEBIAN_NAME, EMBEDDED_NAME, load_image_dataset
@@ -300,22 +300,25 @@ def update_model_card(model_dir: str | os.PathLike, results: list[dict]) -> Path
     """Rewrite ``<model_dir>/README.md`` with ``build_model_card``: new results replace same-named ones, others stay.
 
     The method (tag), license, base model, Hub id, training recipe and training-curves image of an existing card are
-    kept. Raises ``ValueError`` if ``model_dir`` is not a local SOP encoder folder.
+    kept. Raises ``ValueError`` if ``model_dir`` is not a local encoder folder that sop_hf exported: an ``SOPModel``,
+    or a stock ``ResNetModel`` whose card carries the ``sop_hf`` tag (ResNet lineage runs).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ValueError(f"--update-card needs a local model folder, got {str(model_dir)!r}")
+    readme = model_dir / "README.md"
+    card = ModelCard.load(readme) if readme.is_file() else None
     config_dict, _ = SOPConfig.get_config_dict(str(model_dir))
-    if config_dict.get("model_type") != SOPConfig.model_type:
+    model_type = config_dict.get("model_type")
+    ours = "sop_hf" in ((card.data.tags or []) if card is not None else [])
+    if not (model_type == SOPConfig.model_type or (model_type == ResNetConfig.model_type and ours)):
         raise ValueError(
             f"--update-card writes sop_hf model cards and needs a SOP model folder; {str(model_dir)!r} has "
-            f"model_type={config_dict.get('model_type')!r}"
+            f"model_type={model_type!r} (a ResNet folder qualifies when sop_hf exported it: its card has the sop_hf tag)"
         )
-    config = SOPConfig.from_pretrained(model_dir)
-    readme = model_dir / "README.md"
+    config = (SOPConfig if model_type == SOPConfig.model_type else ResNetConfig).from_pretrained(model_dir)
     kwargs, existing = {}, []
-    if readme.is_file():
-        card = ModelCard.load(readme)
+    if card is not None:
         existing = list(card.data.eval_results or [])
         methods = [tag for tag in (card.data.tags or []) if tag in METHODS]
         repo = re.search(r'AutoModel\.from_pretrained\("([^"<>]+)"', card.text)
