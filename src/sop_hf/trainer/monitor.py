@@ -97,8 +97,7 @@ class TrainingMonitorCallback(TrainerCallback):
             raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
         if num_prototypes is not None and num_prototypes < 2:
             raise ValueError(f"num_prototypes must be >= 2 (ln P > 0), got {num_prototypes}")
-        for name in ("memory_dataset", "query_dataset"):
-            dataset = locals()[name]
+        for name, dataset in (("memory_dataset", memory_dataset), ("query_dataset", query_dataset)):
             if label_column not in getattr(dataset, "column_names", ()):
                 raise ValueError(f"{name} needs a {label_column!r} column (integer labels) for the k-NN monitor")
             if len(dataset) == 0:
