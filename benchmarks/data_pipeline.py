@@ -1,6 +1,6 @@
 """Benchmark: augmented multi-crop samples/s of the training data pipeline, per process (= per worker / core).
 
-Index-seeded examples through ``sop_hf.trainer.data`` (PIL decode of a 500 x 375 RGB image, crops, photometric ops,
+Index-seeded examples through ``sop_hf.data.pipeline`` (PIL decode of a 500 x 375 RGB image, crops, photometric ops,
 masks), in one process. Compare with the pretraining step's images/s to size ``--dataloader_num_workers``.
 
     python benchmarks/data_pipeline.py [--quick]
@@ -12,7 +12,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from sop_hf.trainer.data import MultiCropDataArguments, build_train_dataset
+from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset
 
 
 def run(quick: bool = False, device: str | None = None) -> dict:

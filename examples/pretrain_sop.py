@@ -26,11 +26,11 @@ from transformers import HfArgumentParser, set_seed
 
 import sop_hf
 from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining
-from sop_hf.data_sources import load_image_dataset
+from sop_hf.data.sources import load_image_dataset
 from sop_hf.evaluation import extract_features, knn_top1
 from sop_hf.hub import build_model_card, default_image_processor, save_encoder
 from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
-from sop_hf.trainer.data import MultiCropDataArguments, build_train_dataset, build_collator
+from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset, build_collator
 from sop_hf.trainer.recipes import RECIPES, pop_recipe, recipe_argv
 
 logger = logging.getLogger("pretrain_sop")

@@ -1,11 +1,10 @@
-"""Tests of sop_hf.image_loading and sop_hf.augmentations: mode repair, bad files, multi-crop ops and the collator.
+"""Tests of sop_hf.data.images and sop_hf.data.augmentations: mode repair, bad files and the multi-crop ops.
 
 Images are made in the test (and taken from ``skimage.data`` when scikit-image is installed); everything runs on CPU.
 """
 
 import ast
 import colorsys
-import inspect
 import io
 from pathlib import Path
 
@@ -14,22 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
-from sop_hf import SOPConfig, SOPForPreTraining
-from sop_hf.augmentations import (
+from sop_hf.data.augmentations import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MultiCropAugmentation,
-    SOPCollator,
     adjust_hue,
     gaussian_blur,
     hsv_to_rgb,
     random_resized_crop_params,
     rgb_to_hsv,
-    sample_seed,
     solarize,
 )
-from sop_hf.image_loading import ImageIssueCounter, to_rgb_image
-from sop_hf.masking import MaskingPolicy
+from sop_hf.data.images import ImageIssueCounter, to_rgb_image
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -347,7 +342,7 @@ def test_multicrop__blur_and_solarize_per_global_crop():
 
 def test_multicrop__rejects_non_rgb_input():
     augment = MultiCropAugmentation(global_crop_size=16)
-    with pytest.raises(ValueError, match=r"image must be RGB \(use image_loading.to_rgb_image first\), got mode 'L'"):
+    with pytest.raises(ValueError, match=r"image must be RGB \(use data.images.to_rgb_image first\), got mode 'L'"):
         augment(Image.new("L", (8, 8)))
     with pytest.raises(ValueError, match=r"image array must be uint8 HxWx3, got dtype float64 and shape \(8, 8, 3\)"):
         augment(np.zeros((8, 8, 3)))
@@ -375,175 +370,11 @@ def test_multicrop__errors(kwargs, message):
     assert message in str(error.value)
 
 
-# ------------------------------------------------------------------------------------------------------ collator
-TINY_MODEL = dict(
-    image_size=32,
-    patch_size=8,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    head_hidden_size=32,
-    head_output_size=16,
-    class_memory_size=64,
-    num_anchors=8,
-    num_support=3,
-    num_tasks=1,
-    patch_memory_size=16,
-    num_patch_anchors=4,
-)
-
-
-def _collator(num_local_crops: int = 2, masking: bool = True, **kwargs) -> SOPCollator:
-    augment = MultiCropAugmentation(global_crop_size=32, local_crop_size=16, num_local_crops=num_local_crops,
-                                    **kwargs.pop("augment", {}))  # fmt: skip
-    policy = MaskingPolicy.for_crop(32, 8, ratios=0.3) if masking else None
-    return SOPCollator(augment, patch_size=8, masking=policy, **kwargs)
-
-
-def _rows(count: int = 4, **extra) -> list[dict]:
-    return [{"image": _noise_image(40 + i, 30 + i, seed=i), "label": i, **extra} for i in range(count)]
-
-
-def test_collator__keys_are_forward_arguments():
-    parameters = set(inspect.signature(SOPForPreTraining.forward).parameters)
-    batch = _collator()(_rows())
-    assert set(batch) == {"pixel_values", "bool_masked_pos", "local_pixel_values"} and set(batch) <= parameters
-    assert batch["pixel_values"].shape == (8, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
-    assert batch["bool_masked_pos"].shape == (8, 16) and batch["bool_masked_pos"].dtype == torch.bool
-    assert batch["local_pixel_values"].shape == (8, 3, 16, 16)
-    assert set(_collator(num_local_crops=0, masking=False)(_rows())) == {"pixel_values"}
-
-
-def test_collator__view_major_order():
-    """Image 0 is red, the others blue: rows 0 and B (and i*B of the locals) are its views."""
-    rows = [{"image": Image.new("RGB", (30, 30), (255, 0, 0) if i == 0 else (0, 0, 255))} for i in range(3)]
-    batch = _collator(num_local_crops=2, augment=NO_COLOUR)(rows)
-    red = lambda views: [i for i in range(len(views)) if views[i, 0].mean() > 0]  # noqa: E731
-    assert red(batch["pixel_values"]) == [0, 3]
-    assert red(batch["local_pixel_values"]) == [0, 3]
-
-
-def test_collator__rows_equal_the_per_image_recipe():
-    """Row i and B+i (pixels and masks) are exactly image i's two views from its own seeded generator."""
-    collate, rows = _collator(num_local_crops=1, seed=11), _rows(3)
-    batch = collate(rows)
-    for i, row in enumerate(rows):
-        g = _gen(sample_seed(11, 0, 0, 0, i))
-        globals_, locals_ = collate.augmentation(row["image"], g)
-        masks = [collate.masking(g, 0) for _ in globals_]
-        for view in range(2):
-            assert torch.equal(batch["pixel_values"][view * 3 + i], globals_[view])
-            assert torch.equal(batch["bool_masked_pos"][view * 3 + i], masks[view])
-        assert torch.equal(batch["local_pixel_values"][i], locals_[0])
-
-
-def test_collator__reproducible_and_resumable():
-    rows = _rows(3)
-    first = _collator(seed=3)
-    first.set_epoch(1)
-    batches = [first(rows) for _ in range(3)]
-    assert not torch.equal(batches[0]["pixel_values"], batches[1]["pixel_values"])  # the counter moves
-    again = _collator(seed=3)
-    again.set_epoch(1)
-    assert all(torch.equal(a, b) for a, b in zip(again(rows).values(), batches[0].values(), strict=True))
-    resumed = _collator(seed=3)
-    resumed.load_state_dict({"seed": 3, "epoch": 1, "next_batch": 2})
-    assert all(torch.equal(a, b) for a, b in zip(resumed(rows).values(), batches[2].values(), strict=True))
-    assert first.state_dict() == {"seed": 3, "epoch": 1, "next_batch": 3}
-    other_seed = _collator(seed=4)
-    other_seed.set_epoch(1)
-    assert not torch.equal(other_seed(rows)["pixel_values"], batches[0]["pixel_values"])
-    next_epoch = _collator(seed=3)
-    next_epoch.set_epoch(2)
-    assert not torch.equal(next_epoch(rows)["pixel_values"], batches[0]["pixel_values"])
-
-
-def test_collator__index_column_seeds_by_example():
-    rows = [{**row, "idx": i} for i, row in enumerate(_rows(3))]
-    collate = _collator(index_column="idx")
-    forward, backward = collate(rows), collate(rows[::-1])  # another batch number and other positions
-    assert torch.equal(forward["pixel_values"][0], backward["pixel_values"][2])
-    assert torch.equal(forward["bool_masked_pos"][3], backward["bool_masked_pos"][5])
-
-
-def test_collator__dataloader_workers_give_the_same_batches():
-    rows = _rows(8)
-    collate = _collator(num_local_crops=0)
-    serial = [b["pixel_values"] for b in torch.utils.data.DataLoader(rows, batch_size=2, collate_fn=collate)]
-    collate.set_epoch(0)
-    loader = torch.utils.data.DataLoader(rows, batch_size=2, collate_fn=collate, num_workers=2)
-    parallel = [b["pixel_values"] for b in loader]
-    assert len(serial) == len(parallel) == 4
-    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
-    assert len({float(b.sum()) for b in serial}) == 4
-
-
-def test_collator__bad_images_are_replaced_or_dropped_and_counted():
-    rows = _rows(3)
-    rows[1] = {"image": b"\xff\xd8\xff broken jpeg"}
-    replace = _collator()
-    batch = replace(rows)
-    assert batch["pixel_values"].shape[0] == 6 and batch["bool_masked_pos"].shape[0] == 6
-    assert replace.issues.num_skipped == 1
-    dropped = _collator(on_bad_image="drop")(rows)
-    assert dropped["pixel_values"].shape[0] == 4 and dropped["local_pixel_values"].shape[0] == 4
-    with pytest.raises(ValueError, match="none of the 2 images of this batch could be decoded"):
-        _collator()([{"image": b"bad"}, {"image": b"worse"}])
-
-
-def test_collator__converts_odd_modes_and_arrays():
-    rows = [{"image": Image.new("LA", (9, 9))}, {"image": np.zeros((9, 9), np.uint16)}, {"image": _noise_image()}]
-    collate = _collator()
-    assert collate(rows)["pixel_values"].shape == (6, 3, 32, 32)
-    assert collate.issues.num_converted == 2
-
-
-@pytest.mark.parametrize(
-    "build, message",
-    [
-        (lambda: SOPCollator(MultiCropAugmentation(global_crop_size=30), patch_size=8),
-         "patch_size must divide global_crop_size=30, got 8"),
-        (lambda: SOPCollator(MultiCropAugmentation(global_crop_size=32), patch_size=8,
-                             masking=MaskingPolicy.for_crop(32, 16)),
-         "masking makes masks of 4 patches but global crops have (32 / 8)^2 = 16"),
-        (lambda: _collator(on_bad_image="skip"), "on_bad_image must be 'replace' or 'drop', got 'skip'"),
-        (lambda: _collator()([{"img": 1}]), "row 0 has no image column 'image'; keys: ['img']"),
-        (lambda: _collator()([]), "examples must hold at least one row"),
-        (lambda: _collator().set_epoch(-1), "epoch and start_batch must be >= 0, got epoch=-1, start_batch=0"),
-    ],
-)  # fmt: skip
-def test_collator__errors(build, message):
-    with pytest.raises(ValueError) as error:
-        build()
-    assert message in str(error.value)
-
-
-def test_collator__batch_runs_through_sop_for_pretraining():
-    model = SOPForPreTraining(SOPConfig(**TINY_MODEL))
-    batch = _collator(num_local_crops=2)(_rows(4))
-    output = model(**batch)
-    assert torch.isfinite(output.loss) and output.mim_loss is not None
-    output.loss.backward()
-    assert output.student_embeddings.shape == (16, 16)  # (2 + 2) views x B=4
-
-
 def test_modules_do_not_import_model_code():
-    """augmentations / masking / image_loading sit below the model: no modeling_* (or torchvision/timm) import."""
+    """data.augmentations / masking / images sit below the model: no modeling_* (or torchvision/timm) import."""
     root = Path(__file__).resolve().parents[1] / "src" / "sop_hf"
-    for name in ("augmentations.py", "masking.py", "image_loading.py"):
+    for name in ("data/augmentations.py", "data/masking.py", "data/images.py"):
         tree = ast.parse((root / name).read_text())
         imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in imported if "modeling" in m or m.split(".")[0] in ("torchvision", "timm")], name
-
-
-def test_collator__single_thread_restores_the_thread_count():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        serial = _collator(num_local_crops=0, single_thread=True)(_rows(2))
-        threaded = _collator(num_local_crops=0)(_rows(2))
-        assert torch.get_num_threads() == 2
-        assert torch.allclose(serial["pixel_values"], threaded["pixel_values"], atol=1e-5)
-    finally:
-        torch.set_num_threads(threads)

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from sop_hf import SOPForPreTraining
-from sop_hf.data_sources import load_image_dataset
-from sop_hf.trainer.data import MultiCropDataArguments, build_train_dataset, collate_multicrop
+from sop_hf.data.sources import load_image_dataset
+from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset, collate_multicrop
 from tests.conftest import tiny_config
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sop_hf.data_sources import load_image_dataset
+from sop_hf.data.sources import load_image_dataset
 from sop_hf.evaluation.cache import (
     FeatureCache,
     cached_extract_features,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sop_hf.masking import BlockMaskGenerator, MaskingPolicy
+from sop_hf.data.masking import BlockMaskGenerator, MaskingPolicy
 
 
 def _gen(seed: int) -> torch.Generator:

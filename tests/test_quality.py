@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sop_hf.data_sources import DEBIAN_FASHION_MNIST_DIR
+from sop_hf.data.sources import DEBIAN_FASHION_MNIST_DIR
 
 ROOT = Path(__file__).parent.parent
 STEPS = 1450

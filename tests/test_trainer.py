@@ -1,5 +1,6 @@
 """SOPTrainer: schedules, optimizer groups, clipping, EMA, exact resume after a kill, NaN stop, two CPU processes."""
 
+import json
 import math
 import os
 import subprocess
@@ -134,13 +135,37 @@ def test_gradient_accumulation__every_micro_batch_enqueues(tmp_path):
     assert int(state["step_count"]) == 4 and int(state["class_memory.ptr"]) == 8
 
 
-def test_non_finite_loss__stops_naming_step_and_terms_checkpoints_intact(tmp_path):
+def _all_saved_tensors_finite(folder: Path) -> bool:
+    for checkpoint in folder.glob("checkpoint-*"):
+        tensors = list(load_file(checkpoint / "model.safetensors").values())
+        optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+        tensors += [t for state in optimizer["state"].values() for t in state.values() if isinstance(t, torch.Tensor)]
+        if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
+            return False
+    return True
+
+
+def test_non_finite_weights__save_refused_naming_step_checkpoints_intact(tmp_path):
     result = run_script(tmp_path, "--max_steps", 6, "--save_steps", 1, "--nan_at_step", 2, check=False)
     assert result.returncode != 0
-    assert "Non-finite training loss nan at optimizer step 2" in result.stderr and "'sop_loss': nan" in result.stderr
+    assert "Non-finite values at optimizer step 3 in sop.layernorm.weight" in result.stderr
+    assert "checkpoint-3 was not written. The newest good checkpoint is" in result.stderr
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
-    weights = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
-    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    assert _all_saved_tensors_finite(tmp_path)
+
+
+def test_non_finite_gradient_at_finite_loss__skipped_then_stopped_naming_step(tmp_path):
+    once = tmp_path / "once"  # one bad step (the last): skipped and counted, the run finishes
+    run_script(once, "--max_steps", 4, "--save_steps", 1, "--nan_grad_from_step", 3)
+    assert _all_saved_tensors_finite(once) and len(list(once.glob("checkpoint-*"))) == 4
+    history = json.loads((once / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert [row["nonfinite_steps_skipped"] for row in history if "loss" in row] == [0, 0, 0, 1]
+    persistent = tmp_path / "persistent"  # every step from step 2 on is bad: stop after 3 in a row
+    result = run_script(persistent, "--max_steps", 8, "--save_steps", 1, "--nan_grad_from_step", 2,
+                        "--max_nonfinite_steps", 3, check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "3 optimizer steps in a row had a non-finite loss or gradient, the first at optimizer step 2" in result.stderr
+    assert _all_saved_tensors_finite(persistent)
 
 
 def test_two_processes__accelerate_launch_gloo_identical_banks(tmp_path):

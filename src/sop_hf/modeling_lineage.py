@@ -212,7 +212,7 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
             with torch.no_grad():
                 if self.method == "massl":
                     self.memory.enqueue(t_emb[batch:])
-                self.step_count += 1
+                self._advance_step()
         output = SOPForPreTrainingOutput(loss=loss, sop_loss=loss.detach(), teacher_entropy=entropy,
                                          student_embeddings=s_emb, teacher_embeddings=t_emb)  # fmt: skip
         return output if return_dict else output.to_tuple()

@@ -84,6 +84,7 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
             init.zeros_(module.ptr)
         elif module is self and hasattr(self, "step_count"):
             init.zeros_(self.step_count)
+            self.__dict__["_cached_step"] = None
 
     def teacher_parameters(self) -> list[torch.nn.Parameter]:
         return [p for _, teacher in self.ema_pairs for p in getattr(self, teacher).parameters()]
@@ -121,9 +122,28 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         teacher, student = self._shared_pairs()
         torch._foreach_lerp_(teacher, [s.detach().to(t.dtype) for t, s in zip(teacher, student)], 1.0 - momentum)
 
+    def _host_step(self) -> int:
+        """``step_count`` as a Python int, read from the buffer once after construction or a load (one host sync)
+        and counted on the host afterwards, so the training step never waits on the device."""
+        cached = self.__dict__.get("_cached_step")
+        if cached is None:
+            cached = int(self.step_count)
+            self.__dict__["_cached_step"] = cached
+        return cached
+
+    def _advance_step(self) -> None:
+        """Count one training forward (the anchor streams' step) on the device buffer and the host mirror."""
+        step = self._host_step()
+        self.step_count += 1
+        self.__dict__["_cached_step"] = step + 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.__dict__["_cached_step"] = None  # the buffer may change: read it again at the next step
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _generator(self, stream: int, rank: int = 0) -> torch.Generator:
         generator = torch.Generator(device="cpu")
-        generator.manual_seed(_stream_seed(self.anchor_seed, int(self.step_count), stream, rank))
+        generator.manual_seed(_stream_seed(self.anchor_seed, self._host_step(), stream, rank))
         return generator
 
     def backbone(self, which: str = "teacher") -> torch.nn.Module:
@@ -255,7 +275,7 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
                     patches = t_emb[batch:, 1:]  # [B, L, d]
                     token = torch.randint(patches.shape[1], (batch,), generator=self._generator(2, get_rank()))
                     self.patch_memory.enqueue(patches[torch.arange(batch), token.to(patches.device)])
-                self.step_count += 1
+                self._advance_step()
 
         output = SOPForPreTrainingOutput(
             loss=loss,

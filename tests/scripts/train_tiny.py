@@ -1,7 +1,7 @@
 """A tiny SOP pretraining run on synthetic, index-seeded data, for the trainer tests (resume, 2 processes, NaN).
 
     python tests/scripts/train_tiny.py OUT_DIR --max_steps 6 [--save_steps 3] [--kill_after_save 3]
-        [--resume CHECKPOINT] [--grad_accum 2] [--nan_at_step 2] [--monitor 2 [--collapse] [--stop_on_collapse]]
+        [--resume CHECKPOINT] [--grad_accum 2] [--nan_at_step 2] [--nan_grad_from_step 2 --max_nonfinite_steps 3] [--monitor 2 [--collapse] [--stop_on_collapse]]
     accelerate launch --multi_gpu --num_processes 2 ... tests/scripts/train_tiny.py OUT_DIR --max_steps 4
 
 Writes OUT_DIR/result.pt on the main process: per-step losses, the final state dict, banks and step count; with
@@ -80,6 +80,17 @@ class InjectNaN(TrainerCallback):
                 model.sop.layernorm.weight.fill_(float("nan"))
 
 
+class InjectNaNGradient(TrainerCallback):
+    """From optimizer step ``step`` on, one parameter's gradient becomes NaN while the loss stays finite."""
+
+    def __init__(self, model, step):
+        self.step, self.active = step, False
+        model.sop.layernorm.weight.register_hook(lambda grad: grad * float("nan") if self.active else grad)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.active = state.global_step >= self.step
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
@@ -89,6 +100,8 @@ def main():
     parser.add_argument("--resume", default=None)
     parser.add_argument("--grad_accum", type=int, default=1)
     parser.add_argument("--nan_at_step", type=int, default=-1)
+    parser.add_argument("--nan_grad_from_step", type=int, default=-1)
+    parser.add_argument("--max_nonfinite_steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--monitor", type=int, default=0, help="TrainingMonitorCallback every N steps")
     parser.add_argument("--collapse", action="store_true", help="collapse the teacher (zero final norm, no EMA)")
@@ -102,13 +115,15 @@ def main():
         save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, use_cpu=True,
         seed=7, report_to=[], dataloader_num_workers=0, disable_tqdm=True,
         momentum_teacher=1.0 if args.collapse else 0.9, momentum_teacher_end=1.0,
-        full_determinism=False,
+        full_determinism=False, max_nonfinite_steps=args.max_nonfinite_steps,
     )  # fmt: skip
     callbacks = []
     if args.kill_after_save:
         callbacks.append(KillAfterSave(args.kill_after_save))
     if args.nan_at_step >= 0:
         callbacks.append(InjectNaN(args.nan_at_step))
+    if args.nan_grad_from_step >= 0:
+        callbacks.append(InjectNaNGradient(model, args.nan_grad_from_step))
     if args.collapse:
         with torch.no_grad():
             model.teacher.layernorm.weight.zero_()

@@ -28,9 +28,9 @@ from huggingface_hub import EvalResult, ModelCard
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, PretrainedConfig, ResNetConfig
 
 from ..configuration_sop import SOPConfig
-from ..data_sources import DEBIAN_NAME, EMBEDDED_NAME, load_image_dataset
+from ..data.sources import DEBIAN_NAME, EMBEDDED_NAME, load_image_dataset
 from ..model_card import METHODS, build_model_card, training_from_card
-from ..image_loading import to_rgb_image
+from ..data.images import to_rgb_image
 from ..image_processing_sop import SOPImageProcessor
 from ..modeling_sop_pretraining import SOPForPreTraining
 from .cache import FeatureCache, cached_extract_features, hash_state_dict

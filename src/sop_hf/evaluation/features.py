@@ -21,7 +21,7 @@ L2-normalise the features of every scale, average them and L2-normalise again (m
 
 >>> import torch
 >>> from sop_hf import SOPConfig, SOPImageProcessor, SOPModel
->>> from sop_hf.data_sources import load_image_dataset
+>>> from sop_hf.data.sources import load_image_dataset
 >>> config = SOPConfig(image_size=28, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
 >>> data = load_image_dataset("embedded", split="test").select(range(8))
 >>> x, y = extract_features(SOPModel(config), data, SOPImageProcessor(size=28, crop_pct=1.0), pooling="cls_last_n",
@@ -40,7 +40,7 @@ import torch
 from torch.nn.functional import interpolate, normalize
 from tqdm.auto import tqdm
 
-from ..image_loading import to_rgb_image
+from ..data.images import to_rgb_image
 
 logger = logging.getLogger(__name__)
 

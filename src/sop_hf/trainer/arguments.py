@@ -74,6 +74,27 @@ class SOPTrainingArguments(TrainingArguments):
         default=0.0, metadata={"help": "Global gradient clipping (transformers); SOP uses --clip_grad_per_param."}
     )
 
+    dataloader_drop_last: bool = field(
+        default=True,
+        metadata={"help": "Drop the last incomplete batch (default true: every step pairs views of full batches, and "
+                  "every process holds the same number of images)."},
+    )  # fmt: skip
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Keep False: transformers' filter reads the loss on the host every step; SOPTrainer "
+                  "skips and counts non-finite steps itself (logged as nonfinite_steps_skipped)."},
+    )  # fmt: skip
+    max_nonfinite_steps: int = field(
+        default=5,
+        metadata={"help": "Stop after this many optimizer steps in a row with a non-finite loss or gradient (each "
+                  "is skipped and counted). Checked at logging steps and before every save."},
+    )  # fmt: skip
+    max_bad_image_fraction: float = field(
+        default=0.01,
+        metadata={"help": "Stop, naming the first bad files, when more than this fraction of the training images "
+                  "cannot be read (each is replaced by another sample and counted)."},
+    )  # fmt: skip
+
     def __post_init__(self):
         super().__post_init__()
         checks = {
@@ -86,11 +107,14 @@ class SOPTrainingArguments(TrainingArguments):
             "min_lr": self.min_lr >= 0,
             "warmup_epochs": self.warmup_epochs >= 0,
             "warmup_teacher_temp_epochs": self.warmup_teacher_temp_epochs >= 0,
+            "max_nonfinite_steps": self.max_nonfinite_steps >= 1,
+            "max_bad_image_fraction": 0.0 <= self.max_bad_image_fraction <= 1.0,
         }
         allowed = {
             "student_temp": "> 0", "teacher_temp": "> 0", "warmup_teacher_temp": "> 0",
             "momentum_teacher": "in [0, 1]", "momentum_teacher_end": "in [0, 1]", "clip_grad_per_param": ">= 0",
             "min_lr": ">= 0", "warmup_epochs": ">= 0", "warmup_teacher_temp_epochs": ">= 0",
+            "max_nonfinite_steps": ">= 1", "max_bad_image_fraction": "in [0, 1]",
         }  # fmt: skip
         for name, ok in checks.items():
             if not ok:

@@ -3,11 +3,11 @@
 What lives here:
     - tensor ops on float [3, H, W] images in [0, 1]: ``random_resized_crop_params``, ``adjust_*``, ``rgb_to_hsv``,
       ``hsv_to_rgb``, ``gaussian_blur``, ``solarize``;
-    - ``MultiCropAugmentation``: one RGB image -> its global and local crops (METHOD.md section 3);
-    - ``SOPCollator``: a list of dataset rows -> ``pixel_values`` / ``bool_masked_pos`` / ``local_pixel_values``.
+    - ``MultiCropAugmentation``: one RGB image -> its global and local crops (METHOD.md section 3).
 
-Image decoding and mode repair live in ``image_loading``, masks in ``masking``. Nothing here imports the model code
-(``augmentations`` sits below ``trainer/`` and ``cli``), and no torchvision or timm is needed.
+Image decoding and mode repair live in ``data.images``, masks in ``data.masking``, and the dataset wrappers, sampler
+and collator that turn these crops into training batches in ``data.pipeline``. Nothing here imports the model code,
+and no torchvision or timm is needed.
 
 Recipe (DINO ``DataAugmentationDINO`` / iBOT ``DataAugmentationiBOT``, arXiv 2104.14294 and 2111.07832):
 https://github.com/facebookresearch/dino/blob/cc72fe982d650ff28e974d0f5a7c974fecb56209/main_dino.py
@@ -26,7 +26,6 @@ approximation); the random stream is a ``torch.Generator``'s, not torchvision's.
 """
 
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,14 +33,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .image_loading import ImageIssueCounter, to_rgb_image
-from .masking import MaskingPolicy
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MultiCropAugmentation",
-    "SOPCollator",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
@@ -50,7 +46,6 @@ __all__ = [
     "hsv_to_rgb",
     "random_resized_crop_params",
     "rgb_to_hsv",
-    "sample_seed",
     "solarize",
 ]
 
@@ -349,22 +344,24 @@ class MultiCropAugmentation:
         return crop.sub_(self._mean).div_(self._std)
 
     def __call__(
-        self, image: Image.Image | np.ndarray, generator: torch.Generator | None = None
+        self, image: Image.Image | np.ndarray, generator: torch.Generator | Sequence[torch.Generator] | None = None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Crops of one image.
 
         Args:
             image: an RGB PIL image or a uint8 HxWx3 array, of any size (crops of tiny images upsample). Other modes
-                are rejected: repair them with ``image_loading.to_rgb_image`` first.
+                are rejected: repair them with ``data.images.to_rgb_image`` first.
             generator: the source of every random draw; the same seed gives identical crops. None uses torch's
-                global generator.
+                global generator. A sequence of ``num_global_crops + num_local_crops`` generators gives each crop
+                its own stream (globals first), so one crop's draws never depend on another's (the training
+                pipeline seeds view v of sample i by (seed, epoch, i, v)).
 
         Returns:
             (global crops, local crops): lists of float32 [3, S, S] tensors, normalised.
         """
         if isinstance(image, Image.Image):
             if image.mode != "RGB":
-                raise ValueError(f"image must be RGB (use image_loading.to_rgb_image first), got mode {image.mode!r}")
+                raise ValueError(f"image must be RGB (use data.images.to_rgb_image first), got mode {image.mode!r}")
             array = np.array(image)  # [H, W, 3] uint8, a writable copy
         else:
             array = np.asarray(image)
@@ -377,14 +374,23 @@ class MultiCropAugmentation:
         if not array.flags.writeable:
             array = array.copy()
         pixels = torch.from_numpy(np.ascontiguousarray(array))  # [H, W, 3] uint8, no float copy of the full image
+        num_views = self.num_global_crops + self.num_local_crops
+        if isinstance(generator, Sequence):
+            if len(generator) != num_views:
+                raise ValueError(f"expected one generator per crop ({num_views}), got {len(generator)}")
+            generators = list(generator)
+        else:
+            generators = [generator] * num_views
         global_crops = []
         for index in range(self.num_global_crops):
             blur = self.global_blur_probs[min(index, len(self.global_blur_probs) - 1)]
             sol = self.global_solarize_probs[min(index, len(self.global_solarize_probs) - 1)]
-            global_crops.append(self._crop(pixels, self.global_crop_size, self.global_crop_scale, blur, sol, generator))
+            global_crops.append(
+                self._crop(pixels, self.global_crop_size, self.global_crop_scale, blur, sol, generators[index])
+            )
         local_crops = [
-            self._crop(pixels, self.local_crop_size, self.local_crop_scale, self.local_blur_prob, 0.0, generator)
-            for _ in range(self.num_local_crops)
+            self._crop(pixels, self.local_crop_size, self.local_crop_scale, self.local_blur_prob, 0.0, gen)
+            for gen in generators[self.num_global_crops :]
         ]
         return global_crops, local_crops
 
@@ -392,190 +398,4 @@ class MultiCropAugmentation:
         return (
             f"MultiCropAugmentation(global={self.num_global_crops}x{self.global_crop_size} {self.global_crop_scale}, "
             f"local={self.num_local_crops}x{self.local_crop_size} {self.local_crop_scale})"
-        )
-
-
-# --------------------------------------------------------------------------------------------------- collator
-def sample_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, epoch, batch, rank, position ...): splitmix64 over the parts."""
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        value = (value ^ (value >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        value ^= value >> 29
-    return value & 0x7FFFFFFFFFFFFFFF
-
-
-def _rank() -> int:
-    """This process's rank; in DataLoader workers (no process group) the ``RANK`` set by the launcher."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
-class SOPCollator:
-    """Dataset rows -> the keyword arguments of ``SOPForPreTraining.forward`` (augmenting in the collator).
-
-    Output keys (view-major: all images of view 0, then view 1, ...):
-        - ``pixel_values``: [2B, 3, S, S] global crops;
-        - ``bool_masked_pos``: [2B, L] masks of the global crops, L = (S / patch_size)^2; only when ``masking`` is
-          given (all-False before its ``start_epoch``, so the keys never change during a run);
-        - ``local_pixel_values``: [nB, 3, s, s] local crops, only when the augmentation makes local crops.
-
-    Randomness: each image gets its own generator seeded by ``sample_seed(seed, epoch, index)`` when the row holds
-    ``index_column`` (robust to workers, shuffling, resumption and DDP: prefer this), else by
-    ``sample_seed(seed, epoch, rank, batch, position)`` with ``batch`` counted since ``set_epoch``. The batch count is
-    worker-aware (DataLoader workers take batches round-robin), so it reproduces with any fixed ``num_workers`` as
-    long as workers are not persistent. Call ``set_epoch(epoch)`` at every epoch start (a Trainer callback's
-    ``on_epoch_begin`` runs before the DataLoader iterator is created): DataLoader workers are fresh copies of this
-    object, so without it every epoch would repeat the same stream per batch position. To resume mid-epoch without
-    ``index_column`` call ``set_epoch(epoch, start_batch=batches_already_seen)``.
-
-    Bad images: every row goes through ``to_rgb_image``; repaired modes and skips are counted in ``issues``. With
-    ``on_bad_image="replace"`` (default) a skipped row is replaced by the next good image of the batch, augmented with
-    the skipped row's own generator (so its views differ), and the batch size stays B (needed under DDP, where every
-    rank must enqueue the same number of keys); ``"drop"`` shrinks the batch instead. A batch with no decodable image
-    raises ``ValueError``: filter such data in the dataset (e.g. ``datasets.Dataset.filter`` with ``to_rgb_image``).
-
-    Args:
-        augmentation: the multi-crop transform; its ``global_crop_size`` must be a multiple of ``patch_size``.
-        patch_size: the encoder's patch size (16 for SOP ViTs), which sets L.
-        masking: the SOP-MIM mask policy for the global crops, or None for no ``bool_masked_pos`` (SOP without MIM).
-        image_column: the row key holding the image (PIL, array, bytes, path or ``{"bytes", "path"}``).
-        index_column: the row key holding a unique integer per example (e.g. ``dataset.add_column("idx",
-            range(len(dataset)))``), or None to seed by batch position.
-        seed: the run's seed.
-        on_bad_image: ``"replace"`` or ``"drop"`` (see above).
-        single_thread: run the augmentation with one intra-op torch thread when collating in the main process
-            (``num_workers=0``; workers always use one). Leave False on an idle machine (2 threads are ~1.8x faster);
-            set True when processes share few cores (e.g. 2 CPU training processes on 2 cores), where these small
-            multi-threaded ops can be 10-100x slower. The thread count is restored after each batch.
-
-    >>> import torch
-    >>> from PIL import Image
-    >>> from sop_hf.masking import MaskingPolicy
-    >>> collate = SOPCollator(MultiCropAugmentation(global_crop_size=32, local_crop_size=16, num_local_crops=1),
-    ...     patch_size=8, masking=MaskingPolicy.for_crop(32, 8, ratios=0.3))
-    >>> batch = collate([{"image": Image.new("RGB", (40, 30))} for _ in range(2)])
-    >>> {k: tuple(v.shape) for k, v in batch.items()}
-    {'pixel_values': (4, 3, 32, 32), 'bool_masked_pos': (4, 16), 'local_pixel_values': (2, 3, 16, 16)}
-    """
-
-    def __init__(
-        self,
-        augmentation: MultiCropAugmentation,
-        patch_size: int = 16,
-        masking: MaskingPolicy | None = None,
-        image_column: str = "image",
-        index_column: str | None = None,
-        seed: int = 0,
-        on_bad_image: str = "replace",
-        single_thread: bool = False,
-    ):
-        size = augmentation.global_crop_size
-        if patch_size < 1 or size % patch_size:
-            raise ValueError(f"patch_size must divide global_crop_size={size}, got {patch_size}")
-        num_patches = (size // patch_size) ** 2
-        if masking is not None and masking.num_patches != num_patches:
-            raise ValueError(
-                f"masking makes masks of {masking.num_patches} patches but global crops have "
-                f"({size} / {patch_size})^2 = {num_patches}; build it with MaskingPolicy.for_crop({size}, {patch_size})"
-            )
-        if on_bad_image not in ("replace", "drop"):
-            raise ValueError(f"on_bad_image must be 'replace' or 'drop', got {on_bad_image!r}")
-        self.augmentation = augmentation
-        self.patch_size = int(patch_size)
-        self.masking = masking
-        self.image_column = image_column
-        self.index_column = index_column
-        self.seed = int(seed)
-        self.on_bad_image = on_bad_image
-        self.single_thread = single_thread
-        self.issues = ImageIssueCounter()
-        self.epoch = 0
-        self.start_batch = 0
-        self._calls = 0  # batches collated by this process (or worker) since set_epoch
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Start of an epoch (``start_batch`` > 0 when resuming after that many batches of it)."""
-        if epoch < 0 or start_batch < 0:
-            raise ValueError(f"epoch and start_batch must be >= 0, got epoch={epoch}, start_batch={start_batch}")
-        self.epoch, self.start_batch, self._calls = int(epoch), int(start_batch), 0
-
-    def state_dict(self) -> dict:
-        """Position of the random stream: seed, epoch and the next batch number of the epoch (this process)."""
-        return {"seed": self.seed, "epoch": self.epoch, "next_batch": self.start_batch + self._calls}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.set_epoch(state["epoch"], state["next_batch"])
-
-    def _batch_number(self) -> int:
-        worker = torch.utils.data.get_worker_info()
-        calls, self._calls = self._calls, self._calls + 1
-        if worker is None:
-            return self.start_batch + calls
-        return self.start_batch + calls * worker.num_workers + worker.id
-
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """B dataset rows -> ``pixel_values`` [2B, 3, S, S], ``bool_masked_pos`` [2B, L], ``local_pixel_values``."""
-        if not examples:
-            raise ValueError("examples must hold at least one row")
-        threads = torch.get_num_threads()
-        if not self.single_thread or threads == 1:
-            return self._collate(examples)
-        torch.set_num_threads(1)
-        try:
-            return self._collate(examples)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch_number = self._batch_number()
-        rank = _rank()
-        images, generators = [], []
-        for position, row in enumerate(examples):
-            if self.image_column not in row:
-                raise ValueError(f"row {position} has no image column {self.image_column!r}; keys: {sorted(row)}")
-            image = to_rgb_image(row[self.image_column], self.issues)
-            if self.index_column is not None and self.index_column in row:
-                seed = sample_seed(self.seed, self.epoch, int(row[self.index_column]))
-            else:
-                seed = sample_seed(self.seed, self.epoch, rank, batch_number, position)
-            images.append(image)
-            generators.append(torch.Generator().manual_seed(seed))
-        good = [i for i, image in enumerate(images) if image is not None]
-        if not good:
-            raise ValueError(
-                f"none of the {len(examples)} images of this batch could be decoded ({self.issues.summary()}); "
-                "filter the dataset with sop_hf.image_loading.to_rgb_image"
-            )
-        if self.on_bad_image == "drop":
-            images, generators = [images[i] for i in good], [generators[i] for i in good]
-        else:  # each bad image -> the next good one of the batch (wrapping), with the bad row's own generator
-            for i, image in enumerate(images):
-                if image is None:
-                    images[i] = images[next((j for j in good if j > i), good[0])]
-
-        global_views, local_views, masks = [], [], []
-        for image, generator in zip(images, generators, strict=True):
-            global_crops, local_crops = self.augmentation(image, generator)
-            global_views.append(torch.stack(global_crops))  # [2, 3, S, S]
-            if local_crops:
-                local_views.append(torch.stack(local_crops))  # [n, 3, s, s]
-            if self.masking is not None:
-                masks.append(torch.stack([self.masking(generator, self.epoch) for _ in global_crops]))  # [2, L]
-
-        # [B, V, ...] -> view-major [V*B, ...]
-        batch = {"pixel_values": torch.stack(global_views, dim=1).flatten(0, 1)}
-        if self.masking is not None:
-            batch["bool_masked_pos"] = torch.stack(masks, dim=1).flatten(0, 1)
-        if local_views:
-            batch["local_pixel_values"] = torch.stack(local_views, dim=1).flatten(0, 1)
-        return batch
-
-    def __repr__(self) -> str:
-        return (
-            f"SOPCollator({self.augmentation!r}, patch_size={self.patch_size}, masking={self.masking!r}, "
-            f"image_column={self.image_column!r}, index_column={self.index_column!r}, seed={self.seed})"
         )

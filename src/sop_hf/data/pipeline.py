@@ -1,0 +1,359 @@
+"""The one training data pipeline: read -> convert mode -> multi-crop -> masks -> collate, and its sampler.
+
+    rows of a ``datasets`` dataset
+      -> ``MultiCropDataset[(epoch, i)]``  decode, repair the mode (``data.images``), replace an unreadable image
+      -> ``ViewMaker``                     2 global (+ n local) crops (``data.augmentations``), iBOT masks
+      -> ``collate_multicrop``             view-major ``pixel_values`` / ``bool_masked_pos`` / ``local_pixel_values``
+
+Randomness: view ``v`` of sample ``i`` in epoch ``e`` is drawn from a generator seeded by ``(seed, e, i, v)`` (its
+mask by ``(seed, e, i, v, MASK_STREAM)``), and ``EpochSampler`` hands the epoch to the dataset *inside each index*
+(it yields ``(epoch, i)`` pairs, shuffled by ``(seed, epoch)``). The sampler runs in the main process of every rank,
+so the epoch reaches every dataloader worker, persistent or not, and every process, whatever accelerate wraps
+around the loader; one process at global batch 8 and two processes at 4 each see the same views of the same
+images, and every epoch draws new ones. A resumed run skips the seen batches at the sampler and continues exactly.
+
+Bad images never change a batch's shape: an unreadable image is replaced by another sample chosen
+deterministically from its index (streams: by the previous readable image), and every example carries its
+``sample_index`` and ``image_status`` (0 read as is, 1 converted, 2 replaced) into the batch, so the trainer can
+sum the counts over workers and processes and name the bad files (``MultiCropDataset.describe``).
+
+Streaming (``datasets.IterableDataset``): examples are seeded by (seed, epoch, worker, position); ``set_epoch``
+also reshuffles the stream's buffer. Their views depend on the number of dataloader workers.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import datasets
+import torch
+
+from ..modeling_sop_pretraining import _stream_seed
+from .augmentations import MultiCropAugmentation
+from .images import ImageIssueCounter, to_rgb_image
+from .masking import BlockMaskGenerator, MaskingPolicy
+
+logger = logging.getLogger(__name__)
+
+IMAGE_OK, IMAGE_CONVERTED, IMAGE_REPLACED = 0, 1, 2
+BOOKKEEPING_KEYS = ("sample_index", "image_status")  # batch keys that are not model inputs (SOPTrainer pops them)
+MASK_STREAM = 1_000_003  # keeps a view's mask stream apart from its crop stream
+MAX_REPLACEMENT_TRIES = 32
+_MAX_LOGGED_BAD = 5
+
+
+@dataclass
+class MultiCropDataArguments:
+    """Crops and masks (docs/method.md, views). Defaults are the SOP/iBOT ImageNet recipe."""
+
+    global_crop_size: int = field(default=224, metadata={"help": "Side of the 2 global crops (the encoder's size)."})
+    global_crop_scale: list[float] = field(
+        default_factory=lambda: [0.14, 1.0], metadata={"help": "Area range of global crops; (0.3, 1) for tiny 28-px images."}
+    )
+    num_local_crops: int = field(
+        default=0, metadata={"help": "Local crops per image (SOP default 0; 10 as in iBOT/MaSSL costs about 40 percent more)."}
+    )
+    local_crop_size: int = field(default=96, metadata={"help": "Side of the local crops."})
+    local_crop_scale: list[float] = field(
+        default_factory=lambda: [0.05, 0.4], metadata={"help": "Area range of local crops."}
+    )
+    solarize_prob: float = field(default=0.2, metadata={"help": "Solarisation of global crop 1 (0 for tiny gray data)."})
+    color_jitter_prob: float = field(default=0.8, metadata={"help": "Probability of the colour jitter."})
+    blur_sigma: list[float] = field(
+        default_factory=lambda: [0.1, 2.0],
+        metadata={"help": "Gaussian-blur sigma range in pixels at a 224-px global crop (DINO); scaled by "
+                  "global_crop_size / 224 for every crop, so small images are blurred as much relative to their size."},
+    )  # fmt: skip
+    mask_ratio: list[float] = field(
+        default_factory=lambda: [0.3], metadata={"help": "iBOT mask ratio(s); several values: one is chosen per crop (e.g. 0 0.3)."}
+    )
+    mask_ratio_var: list[float] = field(
+        default_factory=lambda: [0.0], metadata={"help": "Uniform +- variation of each mask ratio (iBOT recipe: 0 0.2)."}
+    )
+    mask_start_epoch: int = field(default=0, metadata={"help": "Epoch before which nothing is masked."})
+    mask_shape: str = field(default="block", metadata={"help": "'block' (iBOT blockwise) or 'rand' (uniform patches)."})
+
+
+class ViewMaker:
+    """One RGB image + its seed parts -> one training example: ``global_crops`` [2, 3, H, W], ``local_crops``
+    [n, 3, h, w] when there are local crops, ``masks`` [2, L] when SOP-MIM is on.
+
+    Args:
+        args: the crop and mask settings.
+        patch_size: the encoder's patch side (sets the mask grid).
+        seed: the run's seed.
+        use_masks: make iBOT masks for the global crops (SOP-MIM).
+    """
+
+    def __init__(self, args: MultiCropDataArguments, patch_size: int, seed: int, use_masks: bool):
+        blur_scale = args.global_crop_size / 224  # DINO's sigma range is in pixels of 224-px crops
+        self.augmentation = MultiCropAugmentation(
+            global_crop_size=args.global_crop_size, local_crop_size=args.local_crop_size,
+            num_local_crops=args.num_local_crops, global_crop_scale=tuple(args.global_crop_scale),
+            local_crop_scale=tuple(args.local_crop_scale), global_solarize_probs=(0.0, args.solarize_prob),
+            color_jitter_prob=args.color_jitter_prob, blur_sigma=tuple(s * blur_scale for s in args.blur_sigma),
+        )  # fmt: skip
+        if args.global_crop_size % patch_size:
+            raise ValueError(f"global_crop_size ({args.global_crop_size}) must be a multiple of patch_size ({patch_size})")
+        grid = args.global_crop_size // patch_size
+        self.masks = MaskingPolicy(
+            BlockMaskGenerator((grid, grid)), ratios=tuple(args.mask_ratio), ratio_vars=tuple(args.mask_ratio_var),
+            start_epoch=args.mask_start_epoch, shape=args.mask_shape,
+        ) if use_masks else None  # fmt: skip
+        self.seed = int(seed)
+
+    def __call__(self, image, epoch: int, *stream: int) -> dict[str, torch.Tensor]:
+        augmentation = self.augmentation
+        num_views = augmentation.num_global_crops + augmentation.num_local_crops
+        generators = [torch.Generator().manual_seed(_stream_seed(self.seed, epoch, *stream, view))
+                      for view in range(num_views)]  # fmt: skip
+        global_crops, local_crops = augmentation(image, generators)
+        example = {"global_crops": torch.stack(global_crops)}  # [2, 3, H, W]
+        if local_crops:
+            example["local_crops"] = torch.stack(local_crops)  # [n, 3, h, w]
+        if self.masks is not None:
+            masks = []
+            for view in range(len(global_crops)):
+                generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, *stream, view, MASK_STREAM))
+                masks.append(self.masks(generator, epoch))
+            example["masks"] = torch.stack(masks)  # [2, L]
+        return example
+
+
+def _undecoded(dataset, image_column: str):
+    """Read image bytes/paths instead of PIL images, so this pipeline decodes (and can name a bad file)."""
+    features = getattr(dataset, "features", None) or {}
+    if isinstance(features.get(image_column), datasets.Image) and features[image_column].decode:
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+def _source_name(value) -> str | None:
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return getattr(value, "filename", None) or None
+
+
+class MultiCropDataset(torch.utils.data.Dataset):
+    """Map-style: item ``(epoch, i)`` (or ``i`` at ``self.epoch``) -> the views of image ``i`` for that epoch.
+
+    Args:
+        dataset: a ``datasets.Dataset`` or any sequence of row dicts holding ``image_column``.
+        view_maker: crops and masks.
+        image_column: the column holding images.
+    """
+
+    def __init__(self, dataset, view_maker: ViewMaker, image_column: str = "image"):
+        self.dataset = _undecoded(dataset, image_column)
+        self.views = view_maker
+        self.image_column = image_column
+        self.epoch = 0
+        self.issues = ImageIssueCounter()  # this process's (or worker's) conversions and skips
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of plain integer indices; ``EpochSampler`` passes it with every index instead."""
+        self.epoch = int(epoch)
+
+    def _read(self, index: int):
+        try:
+            value = self.dataset[index][self.image_column]
+        except Exception as error:  # noqa: BLE001 - an unreadable row must not end a long run
+            self.issues.add("unreadable", error)
+            return None, None
+        before = self.issues.num_converted
+        image = to_rgb_image(value, self.issues)
+        status = IMAGE_CONVERTED if self.issues.num_converted > before else IMAGE_OK
+        return image, (None if image is None else status)
+
+    def describe(self, index: int) -> str:
+        """``sample i`` plus the file it came from when the dataset knows it."""
+        try:
+            name = _source_name(self.dataset[int(index)][self.image_column])
+        except Exception:  # noqa: BLE001
+            name = None
+        return f"sample {index}" + (f" ({name})" if name else "")
+
+    def replacement(self, index: int, attempt: int) -> int:
+        """The ``attempt``-th stand-in for sample ``index``: another index, the same in every epoch and process."""
+        size = len(self)
+        if size < 2:
+            return index
+        return (index + 1 + _stream_seed(self.views.seed, index, attempt, 7) % (size - 1)) % size
+
+    def __getitem__(self, item) -> dict[str, torch.Tensor]:
+        epoch, index = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (self.epoch, int(item))
+        image, status = self._read(index)
+        if image is None:
+            if self.issues.num_skipped <= _MAX_LOGGED_BAD:
+                logger.warning("unreadable image %s replaced by another sample (%s)", self.describe(index),
+                               self.issues.summary())  # fmt: skip
+            for attempt in range(MAX_REPLACEMENT_TRIES):
+                image, _ = self._read(self.replacement(index, attempt))
+                if image is not None:
+                    break
+            else:
+                raise ValueError(f"{self.describe(index)} and {MAX_REPLACEMENT_TRIES} stand-ins are unreadable; "
+                                 f"check the dataset ({self.issues.summary()})")  # fmt: skip
+            status = IMAGE_REPLACED
+        example = self.views(image, epoch, index)  # the bad sample's own seed: its stand-in gets fresh views
+        example["sample_index"] = torch.tensor(index, dtype=torch.long)
+        example["image_status"] = torch.tensor(status, dtype=torch.uint8)
+        return example
+
+    def issue_summary(self) -> str:
+        return self.issues.summary()
+
+
+class MultiCropIterableDataset(torch.utils.data.IterableDataset):
+    """Streaming: examples seeded by (seed, epoch, worker, position); a bad image is replaced by the previous
+    readable one (the first readable one when the stream starts with bad images), so no example slot is lost."""
+
+    def __init__(self, dataset, view_maker: ViewMaker, image_column: str = "image"):
+        self.dataset = _undecoded(dataset, image_column)
+        self.views = view_maker
+        self.image_column = image_column
+        self.epoch = 0
+        self.issues = ImageIssueCounter()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)  # a shuffled HF stream reshuffles its buffer per epoch
+
+    def describe(self, index: int) -> str:
+        return f"stream position {index}"
+
+    def _example(self, image, worker: int, position: int, status: int) -> dict[str, torch.Tensor]:
+        example = self.views(image, self.epoch, worker, position)
+        example["sample_index"] = torch.tensor(position, dtype=torch.long)
+        example["image_status"] = torch.tensor(status, dtype=torch.uint8)
+        return example
+
+    def __iter__(self):
+        worker_info = torch.utils.data.get_worker_info()
+        worker = worker_info.id if worker_info else 0
+        last_good, pending = None, []  # positions of bad images waiting for a readable stand-in
+        for position, row in enumerate(self.dataset):
+            before = self.issues.num_converted
+            image = to_rgb_image(row[self.image_column], self.issues)
+            if image is None:
+                if len(pending) + self.issues.num_skipped <= _MAX_LOGGED_BAD:
+                    logger.warning("unreadable image at stream position %d (%s) replaced by a readable one",
+                                   position, _source_name(row[self.image_column]) or "no file name")  # fmt: skip
+                if last_good is None:
+                    pending.append(position)
+                else:
+                    yield self._example(last_good, worker, position, IMAGE_REPLACED)
+                continue
+            last_good = image
+            status = IMAGE_CONVERTED if self.issues.num_converted > before else IMAGE_OK
+            yield self._example(image, worker, position, status)
+            for bad in pending:
+                yield self._example(image, worker, bad, IMAGE_REPLACED)
+            pending = []
+        if pending:
+            raise ValueError(f"the stream holds no readable image ({self.issues.summary()})")
+
+    def issue_summary(self) -> str:
+        return self.issues.summary()
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` pairs: a permutation of ``range(num_samples)`` drawn from ``(seed, epoch)``.
+
+    Every process draws the same permutation (accelerate then gives each its share of every global batch), and the
+    epoch travels with each index to the dataset, wherever ``__getitem__`` runs. The trainer calls ``set_epoch``
+    before each epoch.
+
+    >>> sampler = EpochSampler(4, seed=0)
+    >>> sampler.set_epoch(3)
+    >>> sorted(index for _, index in sampler), {epoch for epoch, _ in sampler}
+    ([0, 1, 2, 3], {3})
+    """
+
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        epoch = self.epoch
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 0x5A3))
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = range(self.num_samples)
+        for index in order:
+            yield (epoch, index)
+
+
+def build_train_dataset(dataset, args, patch_size: int, seed: int, use_masks: bool = True, image_column=None):
+    """Wrap a ``datasets`` dataset (map-style or streaming) or a list of rows into SOP training examples."""
+    image_column = image_column or getattr(args, "image_column", "image")
+    maker = ViewMaker(args, patch_size, seed, use_masks)
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        return MultiCropIterableDataset(dataset, maker, image_column)
+    return MultiCropDataset(dataset, maker, image_column)
+
+
+def collate_multicrop(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Stack examples view-major; the keys are ``SOPForPreTraining.forward``'s arguments plus ``BOOKKEEPING_KEYS``.
+
+    ``pixel_values`` [2B, 3, H, W] (all images of global view 0, then view 1), ``bool_masked_pos`` [2B, L] when
+    masks are made, ``local_pixel_values`` [nB, 3, h, w] when there are local crops, ``sample_index`` [B] and
+    ``image_status`` [B].
+    """
+    if not examples:
+        raise ValueError("collate_multicrop got an empty batch")
+    batch = {"pixel_values": torch.stack([e["global_crops"] for e in examples], dim=1).flatten(0, 1)}
+    if "masks" in examples[0]:
+        batch["bool_masked_pos"] = torch.stack([e["masks"] for e in examples], dim=1).flatten(0, 1)
+    if "local_crops" in examples[0]:
+        batch["local_pixel_values"] = torch.stack([e["local_crops"] for e in examples], dim=1).flatten(0, 1)
+    for key in BOOKKEEPING_KEYS:
+        if key in examples[0]:
+            batch[key] = torch.stack([e[key] for e in examples])
+    return batch
+
+
+def views_digest(pixel_values: torch.Tensor, sample_index: torch.Tensor) -> dict[int, float]:
+    """{sample index: a number that changes when its views change}, for checks of the seeding across runs."""
+    batch = sample_index.shape[0]
+    views = pixel_values.detach().float().reshape(-1, batch, *pixel_values.shape[1:])  # [2, B, 3, H, W]
+    weights = torch.linspace(1.0, 2.0, views[:, 0].numel(), dtype=torch.float64)
+    return {
+        int(index): round(float((views[:, b].double().flatten() * weights).sum()), 4)
+        for b, index in enumerate(sample_index.tolist())
+    }
+
+
+def build_collator(args=None):
+    return collate_multicrop
+
+
+__all__ = [
+    "BOOKKEEPING_KEYS",
+    "EpochSampler",
+    "IMAGE_CONVERTED",
+    "IMAGE_OK",
+    "IMAGE_REPLACED",
+    "MultiCropDataArguments",
+    "MultiCropDataset",
+    "MultiCropIterableDataset",
+    "ViewMaker",
+    "build_collator",
+    "build_train_dataset",
+    "collate_multicrop",
+    "views_digest",
+]
