@@ -20,6 +20,7 @@ import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, set_seed
@@ -183,7 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
         if "--output_dir" not in " ".join(argv):
             argv += ["--output_dir", f"outputs/sop-{recipe.replace('_', '-')}"]
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(recipe_argv(recipe) + argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    is_main = training_args.process_index == 0
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if is_main else logging.WARNING)  # fmt: skip
+    if data_args.knn_k < 1 or data_args.max_eval_samples < 1 or data_args.monitor_samples < 1:
+        raise ValueError("--knn_k, --max_eval_samples and --monitor_samples must be >= 1, got "
+                         f"{data_args.knn_k}, {data_args.max_eval_samples}, {data_args.monitor_samples}")  # fmt: skip
     if model_args.method not in ("sop", "massl", "carp", "carl"):
         raise ValueError(f"--method must be one of sop, massl, carp, carl; got {model_args.method!r}")
     set_seed(training_args.seed)
@@ -222,30 +228,22 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = SOPTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator,
                          callbacks=callbacks)  # fmt: skip
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    train_dataset_stats = getattr(train_dataset, "issue_summary", lambda: "")()
-    if train_dataset_stats:
-        logger.info("skipped or converted images: %s", train_dataset_stats)
+    stats = {**trainer.image_stats, "nonfinite_steps_skipped": trainer.nonfinite_steps_skipped}
+    describe = getattr(train_dataset, "describe", lambda i: f"sample {i}")
+    bad_files = [describe(i) for i in trainer.bad_samples[:20]]
+    if stats["bad_images"] or stats["images_converted"]:
+        logger.warning("images: %d unreadable (replaced by other samples%s), %d converted to RGB",
+                       stats["bad_images"], f": {', '.join(bad_files[:5])}" if bad_files else "",
+                       stats["images_converted"])  # fmt: skip
 
-    summary = {"train_loss": result.training_loss, "global_step": result.global_step}
+    summary = {"train_loss": result.training_loss, "global_step": result.global_step, **stats,
+               "bad_files": bad_files}  # fmt: skip
     if not trainer.is_world_process_zero():
         return summary
+
+    # 1. Write what the run produced (encoder, card, curves, results) before anything that can fail.
     output_dir = training_args.output_dir
     encoder = model.export_encoder(training_args.export_encoder)
-    eval_results = []
-    if data_args.knn_eval and eval_splits is not None:
-        eval_train, eval_test = eval_splits
-        eval_train = eval_train.select(range(min(len(eval_train), data_args.max_eval_samples)))
-        eval_test = eval_test.select(range(min(len(eval_test), data_args.max_eval_samples)))
-        trained = knn_of(encoder, eval_train, eval_test, data_args, processor)
-        baseline = knn_of(random_encoder, eval_train, eval_test, data_args, processor)
-        summary.update(knn_top1_trained=trained, knn_top1_random_init=baseline)
-        verdict = "better than" if trained > baseline else "NOT better than"
-        print(f"k-NN top-1 (k={data_args.knn_k}) on {data_args.dataset_name}/{data_args.eval_split}: "
-              f"random init {100 * baseline:.1f}%  ->  trained ({training_args.export_encoder}) "
-              f"{100 * trained:.1f}%: {verdict} a random encoder")  # fmt: skip
-        eval_results.append({"task_type": "image-classification", "dataset_name": data_args.dataset_name,
-                             "dataset_type": data_args.dataset_name, "metric_type": "accuracy",
-                             "metric_name": f"k-NN top-1 (k={data_args.knn_k})", "metric_value": trained})  # fmt: skip
     plot_path = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"),
                                      uniform_loss=math.log(num_prototypes) if num_prototypes else None)  # fmt: skip
     training_info = {
@@ -253,23 +251,50 @@ def main(argv: list[str] | None = None) -> dict:
         "global_batch_size": trainer.global_batch_size, "learning_rate": trainer.peak_learning_rate,
         "recipe": recipe, "exported": training_args.export_encoder,
     }  # fmt: skip
-    card = build_model_card(encoder.config, method=model_args.method, training=training_info,
-                            eval_results=eval_results or None)  # fmt: skip
-    encoder_dir = save_encoder(encoder, os.path.join(output_dir, "encoder"), image_processor=processor,
-                               model_card=card)  # fmt: skip
-    print(f"encoder: {encoder_dir}  (AutoModel / pipeline('image-feature-extraction') load it)")
-    print(f"curves:  {plot_path}")
+
+    def write_outputs(eval_results=None) -> Path:
+        card = build_model_card(encoder.config, method=model_args.method, training=training_info,
+                                eval_results=eval_results or None)  # fmt: skip
+        folder = save_encoder(encoder, os.path.join(output_dir, "encoder"), image_processor=processor, model_card=card)
+        with open(os.path.join(output_dir, "results.json"), "w") as handle:
+            json.dump(summary, handle, indent=2)
+        return folder
+
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     # Entropy of the teacher's mean assignment over the second half of training. Early values dip (measured 0.65 ln P'
     # in the first window, while the bank still holds random-init keys) and recover within ~150 steps: not a collapse.
     entropies = [row["teacher_entropy"] for row in trainer.state.log_history if "teacher_entropy" in row]
     entropies = entropies[len(entropies) // 2 :]
-    summary.update(encoder_dir=str(encoder_dir), plot=str(plot_path), method=model_args.method,
-                   ln_num_prototypes=math.log(config.num_kept_anchors),
+    summary.update(plot=str(plot_path), method=model_args.method, ln_num_prototypes=math.log(config.num_kept_anchors),
                    first_losses=losses[:5], last_losses=losses[-5:], max_loss=max(losses, default=None),
-                   min_teacher_entropy_second_half=min(entropies, default=None))
-    with open(os.path.join(output_dir, "results.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
+                   min_teacher_entropy_second_half=min(entropies, default=None))  # fmt: skip
+    encoder_dir = write_outputs()
+    summary["encoder_dir"] = str(encoder_dir)
+    print(f"encoder: {encoder_dir}  (AutoModel / pipeline('image-feature-extraction') load it)")
+    print(f"curves:  {plot_path}")
+
+    # 2. Evaluate; an error here is reported (log and results.json) and loses nothing written above.
+    if data_args.knn_eval and eval_splits is not None:
+        try:
+            eval_train, eval_test = eval_splits
+            eval_train = eval_train.select(range(min(len(eval_train), data_args.max_eval_samples)))
+            eval_test = eval_test.select(range(min(len(eval_test), data_args.max_eval_samples)))
+            trained = knn_of(encoder, eval_train, eval_test, data_args, processor)
+            baseline = knn_of(random_encoder, eval_train, eval_test, data_args, processor)
+        except Exception as error:  # noqa: BLE001 - the trained encoder is already on disk
+            summary["eval_error"] = f"{type(error).__name__}: {error}"
+            logger.error("final k-NN evaluation failed (%s); the encoder, curves and results are saved in %s",
+                         summary["eval_error"], output_dir)  # fmt: skip
+            write_outputs()
+            return summary
+        summary.update(knn_top1_trained=trained, knn_top1_random_init=baseline)
+        verdict = "better than" if trained > baseline else "NOT better than"
+        print(f"k-NN top-1 (k={data_args.knn_k}) on {data_args.dataset_name}/{data_args.eval_split}: "
+              f"random init {100 * baseline:.1f}%  ->  trained ({training_args.export_encoder}) "
+              f"{100 * trained:.1f}%: {verdict} a random encoder")  # fmt: skip
+        write_outputs([{"task_type": "image-classification", "dataset_name": data_args.dataset_name,
+                        "dataset_type": data_args.dataset_name, "metric_type": "accuracy",
+                        "metric_name": f"k-NN top-1 (k={data_args.knn_k})", "metric_value": trained}])  # fmt: skip
     return summary
 
 

@@ -1,0 +1,111 @@
+"""The data pipeline under real launches: views per (seed, epoch, sample) across processes, workers and epochs,
+bad images replaced and counted, short last batches, and the main job's end-of-run order.
+
+Runs (each a few seconds on CPU): tests/scripts/train_views.py with 1 process at batch 8 and no workers, and with
+2 gloo processes (``accelerate launch``) at batch 4 each and 2 workers; examples/pretrain_sop.py on image folders.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).parent.parent
+VIEWS_SCRIPT = str(ROOT / "tests" / "scripts" / "train_views.py")
+EXAMPLE = str(ROOT / "examples" / "pretrain_sop.py")
+LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+
+
+def run(cmd, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def write_folder(root: Path, count: int, corrupt: str | None = None, seed: int = 0) -> Path:
+    """``count`` 16-px RGB PNGs in two class folders; ``corrupt`` adds a file of that name that is not an image."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = root / ("dark" if i % 2 == 0 else "bright")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 120, (16, 16, 3)) + (0 if i % 2 == 0 else 120)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"img_{i:03d}.png")
+    if corrupt:
+        (root / "dark" / corrupt).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def view_runs(tmp_path_factory):
+    """41 files (40 images + 1 corrupt) trained 2 epochs: 1 process x batch 8, 2 processes x batch 4 + 2 workers."""
+    root = tmp_path_factory.mktemp("views")
+    data = write_folder(root / "data", 40, corrupt="broken.png")
+    one, two = root / "one", root / "two"
+    run([sys.executable, VIEWS_SCRIPT, one, data, "--batch", 8, "--workers", 0])
+    run(LAUNCH_2 + [VIEWS_SCRIPT, two, data, "--batch", 4, "--workers", 2])
+    ranks = [json.loads((two / f"views_rank{r}.json").read_text()) for r in (0, 1)]
+    return json.loads((one / "views_rank0.json").read_text()), ranks
+
+
+def test_views__one_process_equals_two_processes_with_workers(view_runs):
+    one, ranks = view_runs
+    merged = {epoch: {**ranks[0]["views"][epoch], **ranks[1]["views"][epoch]} for epoch in ("0", "1")}
+    assert set(ranks[0]["views"]["0"]).isdisjoint(ranks[1]["views"]["0"])  # each rank its share of every batch
+    assert merged == one["views"]  # same images in the same steps, same crops and masks
+    assert len(one["views"]["0"]) == 40 and one["global_step"] == ranks[0]["global_step"] == 10  # 41 // 8 x 2 epochs
+
+
+def test_views__redrawn_every_epoch_in_every_process(view_runs):
+    _, ranks = view_runs
+    for record in ranks:
+        first, second = record["views"]["0"], record["views"]["1"]
+        common = set(first) & set(second)
+        assert common and all(first[i] != second[i] for i in common)
+
+
+def test_bad_image__replaced_and_counted_once_over_processes_and_epochs(view_runs):
+    one, ranks = view_runs
+    for record in (one, *ranks):
+        assert record["image_stats"]["bad_images"] == 1
+        assert len(record["bad_files"]) == 1 and record["bad_files"][0].endswith("broken.png)")
+
+
+def test_short_last_batch__41_images_at_batch_4_two_epochs(tmp_path):
+    data = write_folder(tmp_path / "data", 41)
+    run([sys.executable, VIEWS_SCRIPT, tmp_path / "out", data, "--batch", 4, "--epochs", 2])
+    record = json.loads((tmp_path / "out" / "views_rank0.json").read_text())
+    assert record["global_step"] == 20 and len(record["views"]["1"]) == 40  # the 41st image waits for a later epoch
+
+
+def test_main_job__two_processes_corrupt_image_two_epochs_exports(tmp_path):
+    data = write_folder(tmp_path / "data", 100, corrupt="broken.png")  # 1 bad of 101: under 1 %
+    out = tmp_path / "out"
+    run(LAUNCH_2 + [EXAMPLE, "--use_cpu", "--dataset_name", data, "--num_train_epochs", 2, "--max_steps", -1,
+                    "--per_device_train_batch_size", 16, "--knn_eval", "false", "--monitor_steps", 0,
+                    "--output_dir", out, "--save_strategy", "epoch", "--logging_steps", 1])  # fmt: skip
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["global_step"] == 6 and summary["bad_images"] == 1 and summary["bad_files"][0].endswith("broken.png)")
+    assert (out / "encoder" / "model.safetensors").exists() and (out / "checkpoint-6" / "checkpoint_complete.json").exists()
+    assert not (out / ".staging").exists()
+
+
+def test_main_job__failed_final_evaluation_keeps_encoder_curves_and_results(tmp_path):
+    data = tmp_path / "data"
+    write_folder(data / "train", 40)
+    write_folder(data / "test", 10, corrupt="broken.png", seed=1)
+    out = tmp_path / "out"
+    result = run([sys.executable, EXAMPLE, "--dataset_name", data, "--max_steps", 2,
+                  "--per_device_train_batch_size", 8, "--monitor_steps", 0, "--save_strategy", "no",
+                  "--output_dir", out])  # fmt: skip
+    assert "final k-NN evaluation failed" in result.stderr
+    summary = json.loads((out / "results.json").read_text())
+    assert "broken.png" in summary["eval_error"] and summary["global_step"] == 2
+    assert (out / "encoder" / "model.safetensors").exists() and (out / "training_curves.png").exists()
