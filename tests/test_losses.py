@@ -415,3 +415,32 @@ def test_koleo__golden_values():
     assert abs(koleo_loss(antipodal).item() + math.log(2)) < 1e-7
     with pytest.raises(ValueError, match="B >= 2"):
         koleo_loss(torch.ones(1, 3))
+
+
+def test_loss_path__compiles_without_graph_breaks_given_anchors():
+    """With anchors drawn outside (as SOPForPreTraining does), the SOP and SOP-MIM losses trace to one graph each."""
+    import torch._dynamo
+
+    from sop_hf.losses import SOPClassLoss, SOPPatchLoss
+
+    torch._dynamo.reset()
+    memory = torch.nn.functional.normalize(torch.randn(128, 16), dim=1)
+    student = torch.nn.functional.normalize(torch.randn(8, 16), dim=1).requires_grad_()
+    teacher = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    class_loss = SOPClassLoss(32, 5, 2, 0.1)
+    anchors = class_loss.draw_anchors(128, torch.Generator().manual_seed(0), memory.device)
+    explained = torch._dynamo.explain(lambda s, t, m, a: class_loss(s, t, m, 0.1, 0.04, 2, anchors=a).loss)(
+        student, teacher, memory, anchors
+    )
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    patch_loss = SOPPatchLoss(16, 1, 0.1)
+    patch_anchors = patch_loss.draw_anchors(128, torch.Generator().manual_seed(1), memory.device)
+    patches = torch.nn.functional.normalize(torch.randn(4, 6, 16), dim=-1)
+    masks = torch.rand(4, 6, generator=torch.Generator().manual_seed(2)) < 0.5
+    explained = torch._dynamo.explain(lambda s, t, k, m, a: patch_loss(s, t, k, m, 0.1, 0.04, 2, anchors=a).loss)(
+        patches.requires_grad_(), patches.detach(), masks, memory, patch_anchors
+    )
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    # the precomputed anchors give the same loss as the generator inside
+    direct = class_loss(student, teacher, memory, 0.1, 0.04, 2, torch.Generator().manual_seed(0)).loss
+    assert torch.equal(direct, class_loss(student, teacher, memory, 0.1, 0.04, 2, anchors=anchors).loss)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,60 @@ def test_resume__killed_run_continues_exactly(tmp_path):
         assert torch.equal(value, b["state"][key]), key  # student, teacher, both banks, pointers, step count
     checkpoint = load_file(killed / "checkpoint-3" / "model.safetensors")
     assert {"class_memory.rows", "class_memory.ptr", "patch_memory.rows", "step_count"} <= set(checkpoint)
+
+
+def test_resume__incomplete_checkpoint_skipped_missing_state_named(tmp_path):
+    from sop_hf.trainer.sop_trainer import last_complete_checkpoint, verify_checkpoint
+
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    run_script(straight, "--max_steps", 6)
+    result = run_script(broken, "--max_steps", 6, "--save_steps", 2, "--kill_after_save", 4, check=False)
+    assert result.returncode == 17
+    assert (broken / "checkpoint-4" / "checkpoint_complete.json").exists() and not (broken / ".staging").exists()
+    weights = broken / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a save cut short (disk full)
+    assert last_complete_checkpoint(str(broken)) == str(broken / "checkpoint-2")
+    with pytest.raises(ValueError, match=r"missing or broken: model.safetensors is unreadable"):
+        verify_checkpoint(broken / "checkpoint-4")
+    stripped = tmp_path / "stripped"
+    shutil.copytree(broken / "checkpoint-2", stripped)
+    (stripped / "optimizer.pt").unlink()
+    (stripped / "rng_state.pth").unlink()
+    with pytest.raises(ValueError, match=r"optimizer.pt \(optimizer state\); rng_state\*.pth \(RNG state\)"):
+        verify_checkpoint(stripped)
+    result = run_script(broken, "--max_steps", 6, "--save_steps", 2, "--resume", "last")
+    assert "skipping incomplete checkpoint" in result.stderr
+    a, b = torch.load(straight / "result.pt"), torch.load(broken / "result.pt")
+    assert [a["losses"][s] for s in (3, 4, 5, 6)] == [b["losses"][s] for s in (3, 4, 5, 6)]  # continued from step 2
+    assert all(torch.equal(v, b["state"][k]) for k, v in a["state"].items())
+
+
+def test_sharded_strategies__refused_with_what_works(tmp_path, monkeypatch):
+    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
+    from sop_hf import SOPConfig, SOPForPreTraining
+    from sop_hf.trainer import SOPTrainer
+
+    def build(**kwargs):
+        args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **kwargs)
+        return SOPTrainer(model=SOPForPreTraining(SOPConfig(**TINY)), args=args, train_dataset=IndexSeededImages(),
+                          data_collator=collate)  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"supports one device and DDP .* FSDP and DeepSpeed are refused"):
+        build(fsdp=True)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
+    with pytest.raises(ValueError, match=r"FSDP and DeepSpeed are refused"):
+        build()
+
+
+def test_small_data__refused_before_compute_naming_both_sizes(tmp_path):
+    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
+    from sop_hf import SOPConfig, SOPForPreTraining
+    from sop_hf.trainer import SOPTrainer
+
+    args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=128)
+    with pytest.raises(ValueError, match=r"holds 64 images, fewer than one global batch of 128"):
+        SOPTrainer(model=SOPForPreTraining(SOPConfig(**TINY)), args=args, train_dataset=IndexSeededImages(),
+                   data_collator=collate)  # fmt: skip
 
 
 def test_gradient_accumulation__every_micro_batch_enqueues(tmp_path):

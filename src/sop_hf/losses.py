@@ -404,20 +404,21 @@ class SOPClassLoss(nn.Module):
         teacher_temp: float,
         num_global_views: int = 2,
         generator: torch.Generator | None = None,
+        anchors: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> SOPLossOutput:
         """Args: student_embeddings [V*B, d] view-major (globals first), teacher_embeddings [G*B, d] for the G global
-        views, memory [K, d] (a detached bank read), the two temperatures and the anchor generator."""
+        views, memory [K, d] (a detached bank read), the two temperatures and the anchor generator; or ``anchors``
+        from ``draw_anchors`` (then no generator runs inside: the loss compiles without graph breaks)."""
         batch = teacher_embeddings.shape[0] // num_global_views
         if batch * num_global_views != teacher_embeddings.shape[0] or student_embeddings.shape[0] % batch:
             raise ValueError(
                 f"teacher rows ({teacher_embeddings.shape[0]}) must be {num_global_views} views of B and student rows "
                 f"({student_embeddings.shape[0]}) a multiple of B"
             )
+        if anchors is None:
+            anchors = self.draw_anchors(memory.shape[0], generator, memory.device)
         losses, entropies = [], []
-        for _ in range(self.num_tasks):
-            kept, dropped = draw_anchor_indices(
-                memory.shape[0], self.num_anchors, self.num_kept, generator, memory.device
-            )
+        for kept, dropped in anchors:
             protos = build_support_prototypes(
                 memory, kept, self.num_support, self.smoothing, exclude_idx=dropped,
                 search_dtype=resolve_search_dtype(self.search_dtype, memory.device),
@@ -428,6 +429,15 @@ class SOPClassLoss(nn.Module):
             losses.append(multi_view_cross_entropy(p_student.split(batch), p_teacher.split(batch)))
             entropies.append(mean_assignment_entropy(p_teacher))
         return SOPLossOutput(torch.stack(losses).mean(), torch.stack(entropies).mean())
+
+    def draw_anchors(
+        self, memory_size: int, generator: torch.Generator | None, device: torch.device
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The (kept [P'], dropped [P - P']) anchor indices of each of the T tasks of one step."""
+        return [
+            draw_anchor_indices(memory_size, self.num_anchors, self.num_kept, generator, device)
+            for _ in range(self.num_tasks)
+        ]
 
 
 class SOPPatchLoss(nn.Module):
@@ -455,11 +465,14 @@ class SOPPatchLoss(nn.Module):
         teacher_temp: float,
         num_views: int = 2,
         generator: torch.Generator | None = None,
+        anchors: list[torch.Tensor] | None = None,
     ) -> SOPLossOutput:
-        """Args: student_patches / teacher_patches [G*B, L, d] view-major, masks [G*B, L] bool, memory [K_p, d]."""
+        """Args: student_patches / teacher_patches [G*B, L, d] view-major, masks [G*B, L] bool, memory [K_p, d], and
+        the anchor generator or ``anchors`` from ``draw_anchors`` (no generator inside: no graph break)."""
+        if anchors is None:
+            anchors = self.draw_anchors(memory.shape[0], generator, memory.device)
         losses, entropies = [], []
-        for _ in range(self.num_tasks):
-            kept, _ = draw_anchor_indices(memory.shape[0], self.num_anchors, self.num_anchors, generator, memory.device)
+        for kept in anchors:
             protos = build_support_prototypes(memory, kept, 1, self.smoothing)
             p_student = prototype_assignments(student_patches, protos, student_temp)  # [G*B, L, P]
             with torch.no_grad():
@@ -471,6 +484,13 @@ class SOPPatchLoss(nn.Module):
             )
             entropies.append(mean_assignment_entropy(p_teacher))
         return SOPLossOutput(torch.stack(losses).mean(), torch.stack(entropies).mean())
+
+    def draw_anchors(self, memory_size: int, generator: torch.Generator | None, device: torch.device) -> list:
+        """The anchor indices [P] of each task of one step."""
+        return [
+            draw_anchor_indices(memory_size, self.num_anchors, self.num_anchors, generator, device)[0]
+            for _ in range(self.num_tasks)
+        ]
 
 
 def uniform_loss_value(num_prototypes: int) -> float:

@@ -251,15 +251,17 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
             s_all = s_cls
 
         # 4-5. losses against detached bank reads
-        class_out = self.class_loss(
-            s_all, t_cls, self.class_memory.read(), student_temp, teacher_temp, NUM_GLOBAL_VIEWS, self._generator(0)
-        )
+        memory = self.class_memory.read()  # [K, d]
+        anchors = self.class_loss.draw_anchors(memory.shape[0], self._generator(0), memory.device)
+        class_out = self.class_loss(s_all, t_cls, memory, student_temp, teacher_temp, NUM_GLOBAL_VIEWS, anchors=anchors)
         loss = class_out.loss
         mim_loss = koleo = None
         if use_mim:
+            patch_memory = self.patch_memory.read()  # [K_p, d]
+            patch_anchors = self.patch_loss.draw_anchors(patch_memory.shape[0], self._generator(1), patch_memory.device)
             mim_out = self.patch_loss(
-                s_emb[:, 1:], t_emb[:, 1:], bool_masked_pos, self.patch_memory.read(),
-                student_temp, teacher_patch_temp, NUM_GLOBAL_VIEWS, self._generator(1),
+                s_emb[:, 1:], t_emb[:, 1:], bool_masked_pos, patch_memory,
+                student_temp, teacher_patch_temp, NUM_GLOBAL_VIEWS, anchors=patch_anchors,
             )  # fmt: skip
             mim_loss = mim_out.loss
             loss = loss + config.mim_loss_weight * mim_loss

@@ -1,7 +1,7 @@
 """A tiny SOP pretraining run on synthetic, index-seeded data, for the trainer tests (resume, 2 processes, NaN).
 
     python tests/scripts/train_tiny.py OUT_DIR --max_steps 6 [--save_steps 3] [--kill_after_save 3]
-        [--resume CHECKPOINT] [--grad_accum 2] [--nan_at_step 2] [--nan_grad_from_step 2 --max_nonfinite_steps 3] [--monitor 2 [--collapse] [--stop_on_collapse]]
+        [--resume CHECKPOINT|last] [--grad_accum 2] [--nan_at_step 2] [--nan_grad_from_step 2 --max_nonfinite_steps 3] [--monitor 2 [--collapse] [--stop_on_collapse]]
     accelerate launch --multi_gpu --num_processes 2 ... tests/scripts/train_tiny.py OUT_DIR --max_steps 4
 
 Writes OUT_DIR/result.pt on the main process: per-step losses, the final state dict, banks and step count; with
@@ -136,7 +136,7 @@ def main():
         callbacks.append(monitor)
     trainer = SOPTrainer(model=model, args=training_args, train_dataset=IndexSeededImages(), data_collator=collate,
                          callbacks=callbacks)  # fmt: skip
-    trainer.train(resume_from_checkpoint=args.resume)
+    trainer.train(resume_from_checkpoint=True if args.resume == "last" else args.resume)
     if trainer.is_world_process_zero():
         losses = {row["step"]: row["loss"] for row in trainer.state.log_history if "loss" in row}
         terms = {row["step"]: row.get("sop_loss") for row in trainer.state.log_history if "loss" in row}
