@@ -6,7 +6,7 @@ batch / 256, linear warm-up, cosine to ``min_lr``); per-parameter clipping; the 
 step; logs of ``sop_loss``, ``mim_loss``, momentum, teacher temperature and bank fill. Launch it with
 ``accelerate launch`` (see ``examples/pretrain_sop.py``).
 
-What it guards (docs/training.md, "Failures and resume"):
+What it guards (docs/distributed.md):
 
 - **Data.** ``data.pipeline.EpochSampler`` shuffles by (seed, epoch) and carries the epoch to every worker and
   process; the last incomplete batch is dropped; a dataset smaller than one global batch is refused before any
