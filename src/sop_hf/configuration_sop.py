@@ -10,7 +10,10 @@ uses when the training loop passes no scheduled value.
 (384, 12, 6)
 """
 
+import math
+
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 # Widths / depths / heads of the standard ViTs (patch 16, MLP ratio 4), as in DINO/iBOT/SOP.
 PRESETS: dict[str, dict] = {
@@ -141,6 +144,9 @@ class SOPConfig(PreTrainedConfig):
             raise ValueError(
                 f"SOPConfig.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
             )
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            raise ValueError(f"SOPConfig.hidden_act must be one of transformers' activations "
+                             f"({', '.join(sorted(ACT2FN))}), got {self.hidden_act!r}")  # fmt: skip
         in_range = {
             "drop_path_rate": (0.0, 1.0, True), "vote_smoothing": (0.0, 1.0, True),
             "anchor_keep_fraction": (0.0, 1.0, False), "layer_norm_eps": (0.0, 1.0, False),
@@ -148,18 +154,18 @@ class SOPConfig(PreTrainedConfig):
         }  # fmt: skip
         for name, (low, high, low_inclusive) in in_range.items():
             value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and (low <= value if low_inclusive else low < value) and value <= high
+            ok = _is_number(value) and (low <= value if low_inclusive else low < value) and value <= high
             if not ok:
                 bracket = "[" if low_inclusive else "("
                 raise ValueError(f"SOPConfig.{name} must be in {bracket}{low}, {high}], got {value!r}")
         for name in ("student_temp", "teacher_temp", "teacher_patch_temp"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"SOPConfig.{name} must be a number > 0, got {value!r}")
+            if not _is_number(value) or value <= 0:
+                raise ValueError(f"SOPConfig.{name} must be a finite number > 0, got {value!r}")
         for name in ("mim_loss_weight", "koleo_loss_weight"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"SOPConfig.{name} must be a number >= 0, got {value!r}")
+            if not _is_number(value) or value < 0:
+                raise ValueError(f"SOPConfig.{name} must be a finite number >= 0, got {value!r}")
         if self.neighbour_search_dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(
                 "SOPConfig.neighbour_search_dtype must be one of 'auto', 'float32', 'bfloat16', 'float16', got "
@@ -203,6 +209,11 @@ class SOPConfig(PreTrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown SOP preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (not a bool): NaN and infinities fail every range check."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["SOPConfig", "PRESETS"]
