@@ -5,7 +5,13 @@
 - ``"embedded"``: 4,000 train / 1,000 test 28x28 Fashion-MNIST images shipped inside the package (MIT, balanced);
   the offline default of ``examples/pretrain_sop.py``.
 - ``"fashion_mnist_debian"``: the full 60k/10k Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package.
-- an existing local directory: loaded with the ``imagefolder`` builder (one sub-folder per class gives labels).
+- a local folder, by what it holds (detected, never forced): a ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``
+  folder (``load_from_disk``); data files (``*.parquet``, ``*.arrow``, ``*.jsonl``/``*.json``, ``*.csv``, at the top
+  or in split sub-folders, whose names give the splits); otherwise an image folder (the ``imagefolder`` builder:
+  ``train/`` and ``test/`` or ``validation/`` sub-folders give splits, one sub-folder per class gives labels).
+- a single data file (``.parquet``, ``.arrow``, ``.jsonl``, ``.json``, ``.csv``): its one ``train`` split.
+- ``data_files`` (a mapping split -> files or globs, as ``datasets.load_dataset`` takes them): the builder is read
+  from the files' extension (image files: ``imagefolder``).
 - anything else: a Hub dataset name passed to ``datasets.load_dataset``.
 
 Errors are raised before any training: an empty dataset or a missing image column is a ``ValueError`` that names the
@@ -18,6 +24,7 @@ columns that exist.
 
 import gzip
 import os
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -71,6 +78,80 @@ def load_debian_fashion_mnist(split: str = "train", root: str | os.PathLike = DE
     return _to_dataset(_read_idx(images_path), _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz"))
 
 
+_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def _builder_of_files(paths) -> str | None:
+    suffixes = {Path(p).suffix.lower() for p in paths}
+    builders = {_FILE_BUILDERS[s] for s in suffixes if s in _FILE_BUILDERS}
+    if len(builders) > 1:
+        raise ValueError(f"data files of several formats ({sorted(builders)}); keep one format per dataset")
+    if builders:
+        return builders.pop()
+    return "imagefolder" if suffixes & _IMAGE_SUFFIXES or any("*" in str(p) for p in paths) else None
+
+
+def detect_local_format(path: str | os.PathLike) -> str:
+    """``"disk"`` (save_to_disk), a ``datasets`` builder name (``parquet``, ``arrow``, ``json``, ``csv``) or
+    ``"imagefolder"`` for a local folder or file."""
+    path = Path(path)
+    if path.is_file():
+        builder = _builder_of_files([path])
+        if builder in (None, "imagefolder"):
+            raise ValueError(f"{path}: a single file must be .parquet, .arrow, .jsonl, .json or .csv")
+        return builder
+    if (path / "dataset_dict.json").exists() or ((path / "state.json").exists() and (path / "dataset_info.json").exists()):
+        return "disk"
+    files = [p for p in path.glob("*") if p.is_file()] + [p for p in path.glob("*/*") if p.is_file()]
+    return _builder_of_files([f for f in files if f.suffix.lower() in _FILE_BUILDERS]) or "imagefolder"
+
+
+def _load_local(path: str, split: str, streaming: bool, cache_dir: str | None):
+    kind = detect_local_format(path)
+    if kind == "disk":
+        loaded = datasets.load_from_disk(path)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"split {split!r} not found in {path!r}; it has {sorted(loaded)}")
+            loaded = loaded[split]
+        elif split not in ("train", None):
+            raise ValueError(f"split {split!r} not found in {path!r}: a saved Dataset has one split ('train')")
+        return loaded
+    if os.path.isfile(path):
+        return _load_builder(kind, {"train": path}, split, streaming, cache_dir, path)
+    try:
+        return datasets.load_dataset(kind, data_dir=path, split=split, streaming=streaming, cache_dir=cache_dir)
+    except ValueError as error:
+        if "Unknown split" in str(error):
+            raise ValueError(f"split {split!r} not found in {path!r} ({error})") from error
+        raise
+
+
+def _load_builder(builder, data_files, split, streaming, cache_dir, name):
+    loaded = datasets.load_dataset(builder, data_files=data_files, streaming=streaming, cache_dir=cache_dir)
+    if split not in loaded:
+        raise ValueError(f"split {split!r} not found in {name!r}; it has {sorted(loaded)}")
+    return loaded[split]
+
+
+def available_splits(name: str, config: str | None = None, data_files: Mapping | None = None) -> list[str]:
+    """The split names ``load_image_dataset`` can read from ``name`` (or ``data_files``)."""
+    if data_files:
+        return sorted(data_files)
+    if name in (EMBEDDED_NAME, DEBIAN_NAME):
+        return ["test", "train"]
+    if os.path.isdir(name):
+        kind = detect_local_format(name)
+        if kind == "disk":
+            loaded = datasets.load_from_disk(name)
+            return sorted(loaded) if isinstance(loaded, datasets.DatasetDict) else ["train"]
+        return sorted(str(s) for s in datasets.load_dataset_builder(kind, data_dir=name).config.data_files or ["train"])
+    if os.path.isfile(name):
+        return ["train"]
+    return sorted(str(s) for s in datasets.get_dataset_split_names(name, config))
+
+
 def load_image_dataset(
     name: str = EMBEDDED_NAME,
     config: str | None = None,
@@ -78,15 +159,21 @@ def load_image_dataset(
     image_column: str = "image",
     streaming: bool = False,
     cache_dir: str | None = None,
+    data_files: Mapping[str, str | Sequence[str]] | None = None,
 ):
-    """Resolve ``name`` (see the module docstring) and check that ``image_column`` exists and the split is not empty."""
-    if name == EMBEDDED_NAME:
+    """Resolve ``name`` or ``data_files`` (see the module docstring) and check that ``image_column`` exists and the
+    split is not empty."""
+    if data_files:
+        files = [f for value in data_files.values() for f in ([value] if isinstance(value, str) else value)]
+        builder = _builder_of_files(files) or "imagefolder"
+        dataset = _load_builder(builder, dict(data_files), split, streaming, cache_dir, "data_files")
+        name = "data_files"
+    elif name == EMBEDDED_NAME:
         dataset = load_embedded_fashion_mnist(split)
     elif name == DEBIAN_NAME:
         dataset = load_debian_fashion_mnist(split)
-    elif os.path.isdir(name):
-        dataset = datasets.load_dataset("imagefolder", data_dir=name, split=split, streaming=streaming,
-                                        cache_dir=cache_dir)  # fmt: skip
+    elif os.path.exists(name):
+        dataset = _load_local(name, split, streaming, cache_dir)
     else:
         dataset = datasets.load_dataset(name, config, split=split, streaming=streaming, cache_dir=cache_dir)
     if streaming and isinstance(dataset, datasets.Dataset):
@@ -94,7 +181,37 @@ def load_image_dataset(
     columns = list(dataset.column_names or (dataset.features or {}).keys())
     if columns and image_column not in columns:
         raise ValueError(f"image column {image_column!r} not found in {name!r} ({split}); columns are {columns}. "
-                         "Pass --image_column.")  # fmt: skip
+                         "Pass --image_column_name.")  # fmt: skip
     if isinstance(dataset, datasets.Dataset) and len(dataset) == 0:
         raise ValueError(f"dataset {name!r} split {split!r} is empty")
     return dataset
+
+
+def has_labels(dataset, label_column: str) -> bool:
+    """True when ``label_column`` exists and holds integer class ids (a ``ClassLabel`` or an integer ``Value``)."""
+    feature = (getattr(dataset, "features", None) or {}).get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return True
+    return isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+
+
+def random_subset(dataset, size: int | None, seed: int, label_column: str | None = None):
+    """A seeded random subset of ``size`` rows (all rows when ``size`` is None or large enough), stratified by
+    ``label_column`` when it holds labels: each class keeps its share, so a class-sorted folder is never cut to
+    one class."""
+    if size is None or size >= len(dataset):
+        return dataset
+    if size < 1:
+        raise ValueError(f"subset size must be >= 1, got {size}")
+    rng = np.random.default_rng(seed)
+    if label_column and has_labels(dataset, label_column):
+        labels = np.asarray(dataset[label_column])
+        classes, counts = np.unique(labels, return_counts=True)
+        quota = np.floor(counts * size / len(labels)).astype(int)
+        for index in np.argsort(-(counts * size / len(labels) - quota))[: size - quota.sum()]:
+            quota[index] += 1  # largest remainders first, so the quotas add up to size
+        chosen = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota) if q > 0]
+        indices = np.concatenate(chosen)
+    else:
+        indices = rng.choice(len(dataset), size, replace=False)
+    return dataset.select(np.sort(indices).tolist())
