@@ -71,7 +71,8 @@ def run(quick: bool = False, device: str | None = None, preset: str = "vit_small
     model = SOPForPreTraining(config).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                                   fused=device.type == "cuda")  # fmt: skip
-    data = make_batch(batch, num_local, device, patch=config.patch_size, size=size, local_size=size * 96 // 224)
+    local_size = max(config.patch_size, size * 96 // 224 // config.patch_size * config.patch_size)  # 224 -> 96
+    data = make_batch(batch, num_local, device, patch=config.patch_size, size=size, local_size=local_size)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timings = {"sop": [], "backbone": []}
     for variant in ("sop", "backbone"):  # warm-up both
