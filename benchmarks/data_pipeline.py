@@ -3,16 +3,21 @@
 Index-seeded examples through ``sop_hf.data.pipeline`` (PIL decode of a 500 x 375 RGB image, crops, photometric ops,
 masks), in one process. Compare with the pretraining step's images/s to size ``--dataloader_num_workers``.
 
-    python benchmarks/data_pipeline.py [--quick]
+    python benchmarks/data_pipeline.py [--quick] [--repeats 3]
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from repeats import print_runs  # noqa: E402
 
 
 def run(quick: bool = False, device: str | None = None) -> dict:
@@ -32,8 +37,9 @@ def run(quick: bool = False, device: str | None = None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    for key, value in run(parser.parse_args().quick).items():
-        print(f"{key}: {value:.1f}")
+    parser.add_argument("--repeats", type=int, default=1, help="independent runs; > 1 prints median and range")
+    args = parser.parse_args()
+    print_runs([run(args.quick) for _ in range(args.repeats)], "{:.1f}")
 
 
 if __name__ == "__main__":

@@ -7,22 +7,31 @@ overhead % = (t_sop - t_backbone) / t_backbone x 100.
 
     python benchmarks/pretraining_step.py                # ViT-S/16, 2 x 224 + 10 x 96, paper-scale banks, batch 64
     python benchmarks/pretraining_step.py --quick        # ViT-S/16, 2 x 224 + 2 x 96, batch 4, paper-scale banks
+    python benchmarks/pretraining_step.py --repeats 3    # three runs (fresh model each): median and range
+
+On CUDA the step runs in bf16 autocast with fused AdamW; on CPU in float32.
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from sop_hf import SOPConfig, SOPForPreTraining
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from repeats import fmt_summary, summarize_runs  # noqa: E402
 
-def make_batch(batch: int, num_local: int, device, dtype=torch.float32, patch: int = 16, size: int = 224):
+
+def make_batch(batch: int, num_local: int, device, dtype=torch.float32, patch: int = 16, size: int = 224,
+               local_size: int = 96):  # fmt: skip
     grid = (size // patch) ** 2
     return {
         "pixel_values": torch.randn(2 * batch, 3, size, size, device=device, dtype=dtype),
         "bool_masked_pos": torch.rand(2 * batch, grid, device=device) < 0.3,
-        "local_pixel_values": torch.randn(num_local * batch, 3, 96, 96, device=device, dtype=dtype)
+        "local_pixel_values": torch.randn(num_local * batch, 3, local_size, local_size, device=device, dtype=dtype)
         if num_local else None,
     }  # fmt: skip
 
@@ -49,16 +58,21 @@ def _step(model, optimizer, batch, variant, autocast_dtype):
     model.update_teacher(0.996)
 
 
-def run(quick: bool = False, device: str | None = None, preset: str = "vit_small", steps: int | None = None) -> dict:
+def run(quick: bool = False, device: str | None = None, preset: str = "vit_small", steps: int | None = None,
+        config: SOPConfig | None = None, batch: int | None = None, num_local: int | None = None) -> dict:  # fmt: skip
+    """One run. ``config`` (with ``batch`` and ``num_local``) replaces the preset: the tiny CPU dry run uses it."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    batch, num_local = (4, 2) if quick else (64, 10)
+    batch, num_local = batch or (4 if quick else 64), num_local if num_local is not None else (2 if quick else 10)
     steps = steps or (3 if quick else 10)
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    config = SOPConfig.from_preset(preset)  # paper-scale banks: 65536 / 8192, 4096 anchors, E 9, T 4
+    preset = "custom" if config is not None else preset
+    config = config or SOPConfig.from_preset(preset)  # paper-scale banks: 65536 / 8192, 4096 anchors, E 9, T 4
+    size = config.image_size
     model = SOPForPreTraining(config).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                                   fused=device.type == "cuda")  # fmt: skip
-    data = make_batch(batch, num_local, device)
+    local_size = max(config.patch_size, size * 96 // 224 // config.patch_size * config.patch_size)  # 224 -> 96
+    data = make_batch(batch, num_local, device, patch=config.patch_size, size=size, local_size=local_size)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timings = {"sop": [], "backbone": []}
     for variant in ("sop", "backbone"):  # warm-up both
@@ -85,8 +99,18 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--preset", default="vit_small")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="independent runs; > 1 prints median and range")
     args = parser.parse_args()
-    r = run(args.quick, args.device, args.preset, args.steps)
+    runs = [run(args.quick, args.device, args.preset, args.steps) for _ in range(args.repeats)]
+    r = runs[0]
+    if args.repeats > 1:
+        stats = summarize_runs(runs, ["sop_step_s", "backbone_step_s", "sop_step_overhead_pct"])
+        print(f"pretraining step {r['preset']} {r['device']} batch {r['batch']} (2 x 224 + {r['num_local']} x 96), "
+              f"median (min-max, n) of {args.repeats} runs")  # fmt: skip
+        print(f"SOP step (s): {fmt_summary(stats['sop_step_s'], '{:.3f}')}")
+        print(f"backbone-only step (s): {fmt_summary(stats['backbone_step_s'], '{:.3f}')}")
+        print(f"sop_step_overhead_pct: {fmt_summary(stats['sop_step_overhead_pct'], '{:.1f}')}")
+        return
     print(f"pretraining step {r['preset']} {r['device']} batch {r['batch']} (2 x 224 + {r['num_local']} x 96)")
     print(f"SOP step {r['sop_step_s']:.3f} s ({r['sop_images_per_s']:.1f} img/s) | backbone-only "
           f"{r['backbone_step_s']:.3f} s ({r['backbone_images_per_s']:.1f} img/s)")  # fmt: skip

@@ -1,0 +1,88 @@
+"""Benchmark: a time-boxed tiny-ViT SOP pretraining on the full Fashion-MNIST, k-NN top-1 vs random init.
+
+Runs ``examples/pretrain_sop.py`` (its ``demo`` recipe: ViT-T-like, patch 4, 28 px) on the 60k/10k Fashion-MNIST of
+Debian's ``dataset-fashion-mnist`` with two additions that stay in this script:
+
+- ``--data_dir`` points the Debian loader at another folder holding the four ``*-idx?-ubyte.gz`` files (the GPU
+  kit carries them in ``benchmarks/.data/fashion-mnist``, see docs/performance.md); without it the Debian path is used;
+- ``--time_budget_s`` stops training after that many seconds (a callback), so the run fits a fixed slot whatever the
+  device; the steps done are reported. ``--max_steps`` still sets the schedules.
+
+Every other flag goes to the example unchanged. The last line is ``fmnist_pretrain: {json}`` with the k-NN figures.
+
+    python benchmarks/fmnist_pretrain.py --data_dir benchmarks/.data/fashion-mnist --time_budget_s 140 \\
+        --max_steps 1500 --per_device_train_batch_size 256 --dataloader_num_workers 8 --bf16 true
+"""
+
+import argparse
+import functools
+import importlib
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pretrain_sop.py"
+LOADER_MODULES = ("sop_hf.data_sources", "sop_hf.data.sources")  # where the Debian loader lives (or will)
+
+
+def point_debian_loader_at(root: str) -> str:
+    """Make ``load_debian_fashion_mnist`` read ``root`` by default; returns the module patched."""
+    for name in LOADER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "load_debian_fashion_mnist"):
+            module.load_debian_fashion_mnist = functools.partial(module.load_debian_fashion_mnist, root=root)
+            return name
+    raise RuntimeError(f"no load_debian_fashion_mnist in {LOADER_MODULES}: update benchmarks/fmnist_pretrain.py")
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training once ``seconds`` have passed since the first step began."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start = seconds, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = self.start or time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None and time.perf_counter() - self.start > self.seconds:
+            control.should_training_stop = True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=None, help="folder of the four Fashion-MNIST .gz files")
+    parser.add_argument("--time_budget_s", type=float, default=None, help="stop training after this many seconds")
+    args, rest = parser.parse_known_args(argv)
+    if args.data_dir:
+        point_debian_loader_at(args.data_dir)
+    spec = importlib.util.spec_from_file_location("pretrain_sop", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    if args.time_budget_s is not None:
+        budget = args.time_budget_s
+
+        class TimeBoxedTrainer(example.SOPTrainer):
+            def __init__(self, *a, callbacks=None, **kw):
+                super().__init__(*a, callbacks=[*(callbacks or []), TimeBudget(budget)], **kw)
+
+        example.SOPTrainer = TimeBoxedTrainer
+    if "--dataset_name" not in rest:
+        rest += ["--dataset_name", "fashion_mnist_debian"]
+    start = time.perf_counter()
+    summary = example.main(rest)
+    summary["wall_s"] = time.perf_counter() - start
+    keys = ("knn_top1_random_init", "knn_top1_trained", "global_step", "train_loss", "wall_s")
+    print("fmnist_pretrain: " + json.dumps({k: summary.get(k) for k in keys}))
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
