@@ -15,10 +15,9 @@ Every other flag goes to the example unchanged. The last line is ``fmnist_pretra
 """
 
 import argparse
-import functools
-import importlib
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,20 +25,13 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pretrain_sop.py"
-LOADER_MODULES = ("sop_hf.data_sources", "sop_hf.data.sources")  # where the Debian loader lives (or will)
 
 
-def point_debian_loader_at(root: str) -> str:
-    """Make ``load_debian_fashion_mnist`` read ``root`` by default; returns the module patched."""
-    for name in LOADER_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "load_debian_fashion_mnist"):
-            module.load_debian_fashion_mnist = functools.partial(module.load_debian_fashion_mnist, root=root)
-            return name
-    raise RuntimeError(f"no load_debian_fashion_mnist in {LOADER_MODULES}: update benchmarks/fmnist_pretrain.py")
+def point_debian_loader_at(root: str) -> None:
+    """Make ``fashion_mnist_debian`` read the four .gz files in ``root`` (the carried copy)."""
+    from sop_hf.data.sources import FASHION_MNIST_DIR_ENV
+
+    os.environ[FASHION_MNIST_DIR_ENV] = str(root)
 
 
 class TimeBudget(TrainerCallback):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sop_hf.data_sources import load_embedded_fashion_mnist
+from sop_hf.data.sources import load_embedded_fashion_mnist
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("CUDA tests", "SOP loss", "sop_loss_speedup_vs_dense", "sop_loss_memory_ratio_vs_dense",
@@ -46,16 +46,12 @@ def test_gpu_check_dry_run__prints_one_row_per_section_without_errors(tmp_path):
     assert not [line for line in table if re.search(r"\| (ERROR|TIMEOUT|FAIL) +\|$", line)], result.stdout
 
 
-def test_fmnist_pretrain__reads_the_folder_given_by_data_dir(tmp_path):
+def test_fmnist_pretrain__reads_the_folder_given_by_data_dir(tmp_path, monkeypatch):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import fmnist_pretrain
 
-    from sop_hf import data_sources
+    from sop_hf.data.sources import FASHION_MNIST_DIR_ENV, load_image_dataset
 
-    original = data_sources.load_debian_fashion_mnist
-    try:
-        module = fmnist_pretrain.point_debian_loader_at(str(tiny_fashion_mnist(tmp_path, 8, 4)))
-        assert len(data_sources.load_image_dataset("fashion_mnist_debian", split="test")) == 4
-        assert module in fmnist_pretrain.LOADER_MODULES
-    finally:
-        data_sources.load_debian_fashion_mnist = original
+    monkeypatch.setenv(FASHION_MNIST_DIR_ENV, "")
+    fmnist_pretrain.point_debian_loader_at(str(tiny_fashion_mnist(tmp_path, 8, 4)))
+    assert len(load_image_dataset("fashion_mnist_debian", split="test")) == 4

@@ -1,4 +1,4 @@
-"""Tests of sop_hf.masking: iBOT block masks, 'rand' masks, the ratio rules and exact error messages."""
+"""Tests of sop_hf.data.masking: iBOT block masks, 'rand' masks, the ratio rules and exact error messages."""
 
 import math
 import random

@@ -37,6 +37,7 @@ FASHION_MNIST_CLASSES = [
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 EMBEDDED_NAME = "embedded"
 DEBIAN_NAME = "fashion_mnist_debian"
+FASHION_MNIST_DIR_ENV = "SOP_HF_FASHION_MNIST_DIR"
 
 
 def _to_dataset(images: np.ndarray, labels: np.ndarray) -> datasets.Dataset:
@@ -64,8 +65,12 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_debian_fashion_mnist(split: str = "train", root: str | os.PathLike = DEBIAN_FASHION_MNIST_DIR):
-    """Full Fashion-MNIST (60k train / 10k test) from Debian's ``dataset-fashion-mnist`` (``apt-get install``)."""
+def load_debian_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None):
+    """Full Fashion-MNIST (60k train / 10k test) from Debian's ``dataset-fashion-mnist`` (``apt-get install``).
+
+    ``root`` defaults to ``$SOP_HF_FASHION_MNIST_DIR`` when set (the same four ``.gz`` files copied elsewhere, e.g.
+    to a machine without the Debian package), else ``/usr/share/datasets/fashion-mnist``."""
+    root = root or os.environ.get(FASHION_MNIST_DIR_ENV) or DEBIAN_FASHION_MNIST_DIR
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"split must be 'train' or 'test' for Fashion-MNIST, got {split!r}")
