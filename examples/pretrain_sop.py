@@ -22,15 +22,17 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 from transformers import HfArgumentParser, set_seed
 
 import sop_hf
 from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining
-from sop_hf.data.sources import load_image_dataset
+from sop_hf.data.sources import available_splits, has_labels, load_image_dataset, random_subset
 from sop_hf.evaluation import extract_features, knn_top1
 from sop_hf.hub import build_model_card, default_image_processor, save_encoder
 from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
+from sop_hf.trainer.sop_trainer import last_complete_checkpoint
 from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset, build_collator
 from sop_hf.trainer.recipes import RECIPES, pop_recipe, recipe_argv
 
@@ -101,6 +103,8 @@ class ModelArguments:
         values = {k: v for k, v in asdict(self).items() if k not in ("method", "preset") and v is not None}
         values["num_channels"] = num_channels
         if self.preset:
+            if self.preset not in PRESETS:
+                raise ValueError(f"--preset must be one of {', '.join(sorted(PRESETS))}, got {self.preset!r}")
             values = {**PRESETS[self.preset], **values}
         if self.method == "sop":
             if self.encoder_type != "vit":
@@ -120,15 +124,40 @@ class DataArguments(MultiCropDataArguments):
         metadata={"help": "'embedded' (offline Fashion-MNIST subset), 'fashion_mnist_debian', a local image folder, "
                   "or a Hub dataset name."},
     )  # fmt: skip
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_dir: str | None = field(default=None, metadata={"help": "A folder of training images (imagefolder)."})
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "A folder of evaluation images (imagefolder); labels from class sub-folders."}
+    )
+    data_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Data files as SPLIT=GLOB entries (a bare GLOB is the train split), e.g. "
+                  "train=data/train-*.parquet validation=data/val-*.parquet; the format comes from the extension."},
+    )  # fmt: skip
     split: str = field(default="train", metadata={"help": "Training split."})
-    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column: str = field(default="label", metadata={"help": "Labels for the k-NN evaluation (optional)."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(
+        default="label", metadata={"help": "Integer class ids for the k-NN evaluation (optional: without them the "
+                                   "run trains and exports, and says that k-NN was skipped)."}
+    )  # fmt: skip
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Train on a seeded random subset of this many images (stratified by label)."}
+    )
     streaming: bool = field(default=False, metadata={"help": "Stream the dataset (IterableDataset); needs max_steps."})
-    eval_split: str = field(default="test", metadata={"help": "Split for the final k-NN evaluation."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split of the final k-NN evaluation; default: validation, else test."}
+    )
+    train_val_split: float = field(
+        default=0.0,
+        metadata={"help": "When the dataset has no validation/test split: hold out this fraction of the training "
+                  "split (seeded, stratified) for the k-NN evaluation; it is then not trained on."},
+    )  # fmt: skip
     knn_eval: bool = field(default=True, metadata={"help": "k-NN top-1 of the encoder vs random init at the end."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the final k-NN evaluation."})
-    max_eval_samples: int = field(default=10000, metadata={"help": "Cap on train/test images of the k-NN check."})
+    max_eval_samples: int = field(
+        default=10000, metadata={"help": "Seeded random subsets (stratified) of at most this many train and eval "
+                                 "images for the final k-NN (its memory grows with the train subset)."}
+    )  # fmt: skip
     monitor_steps: int = field(
         default=0, metadata={"help": "k-NN top-1 and collapse indicators every N optimizer steps (0 = off)."}
     )
@@ -143,11 +172,11 @@ class DataArguments(MultiCropDataArguments):
     )
 
 
-def knn_of(encoder, train, test, data_args, processor) -> float:
-    train_x, train_y = extract_features(encoder, train, processor, image_column=data_args.image_column,
-                                        label_column=data_args.label_column)  # fmt: skip
-    test_x, test_y = extract_features(encoder, test, processor, image_column=data_args.image_column,
-                                      label_column=data_args.label_column)  # fmt: skip
+def knn_of(encoder, train, test, data_args, processor, progress: bool = True) -> float:
+    columns = dict(image_column=data_args.image_column_name, label_column=data_args.label_column_name,
+                   progress=progress)  # fmt: skip
+    train_x, train_y = extract_features(encoder, train, processor, **columns)
+    test_x, test_y = extract_features(encoder, test, processor, **columns)
     return knn_top1(train_x, train_y, test_x, test_y, ks=(data_args.knn_k,))[data_args.knn_k]
 
 
@@ -158,17 +187,93 @@ def prototype_count(config, method: str) -> int | None:
     return config.num_prototypes if method in ("carp", "carl") else None
 
 
-def load_eval_splits(data_args) -> tuple | None:
-    """(train, eval) datasets of the k-NN checks, or None (with a warning) when the dataset has no such split."""
-    try:
-        train = load_image_dataset(data_args.dataset_name, data_args.dataset_config, data_args.split,
-                                   data_args.image_column)  # fmt: skip
-        test = load_image_dataset(data_args.dataset_name, data_args.dataset_config, data_args.eval_split,
-                                  data_args.image_column)  # fmt: skip
-    except (ValueError, FileNotFoundError) as error:
-        logger.warning("k-NN evaluation and monitor skipped: %s", error)
+def data_files_of(data_args) -> dict[str, list[str]] | None:
+    """--train_dir / --validation_dir / --data_files as a ``datasets`` data_files mapping (None when unused)."""
+    files: dict[str, list[str]] = {}
+    for split, folder in (("train", data_args.train_dir), ("validation", data_args.validation_dir)):
+        if folder:
+            if not os.path.isdir(folder):
+                raise ValueError(f"--{'train' if split == 'train' else 'validation'}_dir {folder!r} is not a folder")
+            files.setdefault(split, []).append(os.path.join(folder, "**"))
+    for entry in data_args.data_files or []:
+        split, _, pattern = entry.rpartition("=") if "=" in entry else ("train", "", entry)
+        files.setdefault(split or "train", []).append(pattern)
+    return files or None
+
+
+def load_training_data(data_args, seed: int):
+    """(train, eval) raw datasets: eval is None when there is nothing to evaluate on (with the reason logged)."""
+    data_files = data_files_of(data_args)
+    load = dict(config=data_args.dataset_config_name, image_column=data_args.image_column_name, data_files=data_files)
+    train = load_image_dataset(data_args.dataset_name, split=data_args.split, streaming=data_args.streaming, **load)
+    label = data_args.label_column_name
+    if data_args.max_train_samples:
+        train = (train.take(data_args.max_train_samples) if data_args.streaming
+                 else random_subset(train, data_args.max_train_samples, seed, label))  # fmt: skip
+    wants_eval = data_args.knn_eval or data_args.monitor_steps > 0
+    if not wants_eval:
+        return train, None
+    eval_split = data_args.eval_split
+    if eval_split is None:
+        try:
+            splits = available_splits(data_args.dataset_name, data_args.dataset_config_name, data_files)
+        except Exception:  # noqa: BLE001 - an unknown layout: no automatic evaluation split
+            splits = []
+        eval_split = next((s for s in ("validation", "test", "valid", "val") if s in splits), None)
+    evaluation = None
+    if eval_split is not None:
+        evaluation = load_image_dataset(data_args.dataset_name, split=eval_split, **load)
+        data_args.eval_split = eval_split
+    elif data_args.train_val_split > 0 and not data_args.streaming:
+        parts = train.train_test_split(test_size=data_args.train_val_split, seed=seed,
+                                       stratify_by_column=label if has_labels(train, label) and
+                                       isinstance(train.features[label], datasets.ClassLabel) else None)  # fmt: skip
+        train, evaluation = parts["train"], parts["test"]
+        data_args.eval_split = f"{data_args.split} (held out {data_args.train_val_split:g})"
+        logger.info("held out %d of the training images for the k-NN evaluation (--train_val_split)", len(evaluation))
+    if evaluation is None:
+        logger.warning("k-NN evaluation skipped: %s has no validation or test split (pass --eval_split, "
+                       "--validation_dir or --train_val_split)", data_args.dataset_name)  # fmt: skip
+        return train, None
+    knn_train = train
+    if data_args.streaming:
+        knn_train = load_image_dataset(data_args.dataset_name, split=data_args.split, **load)
+    if not (has_labels(knn_train, label) and has_labels(evaluation, label)):
+        logger.warning("k-NN evaluation skipped: no integer class ids in column %r (the run still trains and "
+                       "exports; pass --label_column_name if labels live elsewhere)", label)  # fmt: skip
+        return train, None
+    return train, (knn_train, evaluation)
+
+
+def resume_point(training_args) -> str | bool | None:
+    """--resume_from_checkpoint (a path, or true/last for the newest complete one); by default the newest complete
+    checkpoint of output_dir, unless --overwrite_output_dir."""
+    value = training_args.resume_from_checkpoint
+    if isinstance(value, str) and value.lower() in ("true", "last"):
+        return True
+    if value:
+        return value
+    if training_args.overwrite_output_dir:
         return None
-    return train, test
+    last = last_complete_checkpoint(training_args.output_dir)
+    if last:
+        logger.info("resuming from %s (pass --overwrite_output_dir to start over)", last)
+    return last
+
+
+def evaluation_as_monitor(training_args, data_args) -> None:
+    """transformers' --eval_strategy/--eval_steps run the k-NN monitor (pretraining has no eval loss to compute)."""
+    strategy = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy))
+    if strategy == "no":
+        return
+    if strategy != "steps":
+        raise ValueError(f"--eval_strategy {strategy} is not supported: use 'steps' with --eval_steps (it runs the "
+                         "k-NN monitor) or --monitor_steps")  # fmt: skip
+    steps = training_args.eval_steps or training_args.logging_steps
+    data_args.monitor_steps = int(steps) if steps >= 1 else max(1, int(steps * max(1, training_args.max_steps)))
+    training_args.eval_strategy = "no"
+    training_args.do_eval = False
+    logger.info("--eval_strategy steps: the k-NN monitor runs every %d steps", data_args.monitor_steps)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -181,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
         recipe = "file"
     else:
         recipe, argv = pop_recipe(argv)
-        if "--output_dir" not in " ".join(argv):
+        if not any(a.split("=")[0] in ("--output_dir", "--output-dir") for a in argv):
             argv += ["--output_dir", f"outputs/sop-{recipe.replace('_', '-')}"]
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(recipe_argv(recipe) + argv)
     is_main = training_args.process_index == 0
@@ -190,19 +295,19 @@ def main(argv: list[str] | None = None) -> dict:
     if data_args.knn_k < 1 or data_args.max_eval_samples < 1 or data_args.monitor_samples < 1:
         raise ValueError("--knn_k, --max_eval_samples and --monitor_samples must be >= 1, got "
                          f"{data_args.knn_k}, {data_args.max_eval_samples}, {data_args.monitor_samples}")  # fmt: skip
+    evaluation_as_monitor(training_args, data_args)
     if model_args.method not in ("sop", "massl", "carp", "carl"):
         raise ValueError(f"--method must be one of sop, massl, carp, carl; got {model_args.method!r}")
     set_seed(training_args.seed)
 
-    # Data: fail before any compute on a missing column or an empty dataset.
-    train_raw = load_image_dataset(data_args.dataset_name, data_args.dataset_config, data_args.split,
-                                   data_args.image_column, data_args.streaming)  # fmt: skip
+    # Data: fail before any compute on a missing column, an unknown split or an empty dataset.
+    train_raw, eval_splits = load_training_data(data_args, training_args.seed)
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps > 0 (a stream has no length)")
     config = model_args.to_config()
     use_masks = model_args.method == "sop" and config.mim_loss_weight > 0
     train_dataset = build_train_dataset(train_raw, data_args, patch_size=config.patch_size, seed=training_args.seed,
-                                        use_masks=use_masks)  # fmt: skip
+                                        use_masks=use_masks, image_column=data_args.image_column_name)  # fmt: skip
     collator = build_collator(data_args)
 
     model = SOPForPreTraining(config) if model_args.method == "sop" else LineageForPreTraining(config)
@@ -213,28 +318,27 @@ def main(argv: list[str] | None = None) -> dict:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs, as CARP
     processor = default_image_processor(config, data_args.eval_resize_ratio)  # k-NN checks and the export
     num_prototypes = prototype_count(config, model_args.method)
-    wants_knn = data_args.label_column and (data_args.knn_eval or data_args.monitor_steps > 0)
-    eval_splits = load_eval_splits(data_args) if wants_knn else None
     callbacks = []
+    seed, label = training_args.seed, data_args.label_column_name
     if data_args.monitor_steps > 0 and eval_splits is not None:
         n = data_args.monitor_samples
         callbacks.append(TrainingMonitorCallback(
-            eval_splits[0].select(range(min(n, len(eval_splits[0])))),
-            eval_splits[1].select(range(min(n, len(eval_splits[1])))),
+            random_subset(eval_splits[0], n, seed, label), random_subset(eval_splits[1], n, seed, label),
             processor, every_n_steps=data_args.monitor_steps, k=data_args.knn_k, which=training_args.export_encoder,
             num_prototypes=num_prototypes, stop_on_collapse=data_args.stop_on_collapse,
-            image_column=data_args.image_column, label_column=data_args.label_column,
+            image_column=data_args.image_column_name, label_column=label,
         ))  # fmt: skip
     trainer = SOPTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator,
                          callbacks=callbacks)  # fmt: skip
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume_point(training_args))
     stats = {**trainer.image_stats, "nonfinite_steps_skipped": trainer.nonfinite_steps_skipped}
     describe = getattr(train_dataset, "describe", lambda i: f"sample {i}")
     bad_files = [describe(i) for i in trainer.bad_samples[:20]]
-    if stats["bad_images"] or stats["images_converted"]:
-        logger.warning("images: %d unreadable (replaced by other samples%s), %d converted to RGB",
-                       stats["bad_images"], f": {', '.join(bad_files[:5])}" if bad_files else "",
-                       stats["images_converted"])  # fmt: skip
+    if stats["bad_images"]:
+        logger.warning("%d unreadable training images, each replaced by another sample: %s", stats["bad_images"],
+                       ", ".join(bad_files[:5]))  # fmt: skip
+    if stats["images_converted"]:
+        logger.info("%d training images converted to RGB (grayscale, palette, alpha ...)", stats["images_converted"])
 
     summary = {"train_loss": result.training_loss, "global_step": result.global_step, **stats,
                "bad_files": bad_files}  # fmt: skip
@@ -276,11 +380,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. Evaluate; an error here is reported (log and results.json) and loses nothing written above.
     if data_args.knn_eval and eval_splits is not None:
         try:
-            eval_train, eval_test = eval_splits
-            eval_train = eval_train.select(range(min(len(eval_train), data_args.max_eval_samples)))
-            eval_test = eval_test.select(range(min(len(eval_test), data_args.max_eval_samples)))
-            trained = knn_of(encoder, eval_train, eval_test, data_args, processor)
-            baseline = knn_of(random_encoder, eval_train, eval_test, data_args, processor)
+            eval_train, eval_test = (random_subset(d, data_args.max_eval_samples, seed, label) for d in eval_splits)
+            progress = not training_args.disable_tqdm
+            trained = knn_of(encoder, eval_train, eval_test, data_args, processor, progress)
+            baseline = knn_of(random_encoder, eval_train, eval_test, data_args, processor, progress)
         except Exception as error:  # noqa: BLE001 - the trained encoder is already on disk
             summary["eval_error"] = f"{type(error).__name__}: {error}"
             logger.error("final k-NN evaluation failed (%s); the encoder, curves and results are saved in %s",

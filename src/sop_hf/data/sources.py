@@ -193,11 +193,19 @@ def load_image_dataset(
 
 
 def has_labels(dataset, label_column: str) -> bool:
-    """True when ``label_column`` exists and holds integer class ids (a ``ClassLabel`` or an integer ``Value``)."""
+    """True when ``label_column`` holds integer class ids (a ``ClassLabel`` or an integer ``Value``) with no gaps
+    and at least two classes present. (An image folder without class sub-folders gets the split folders' names as
+    its only "class" per split; that is no label.)"""
     feature = (getattr(dataset, "features", None) or {}).get(label_column)
-    if isinstance(feature, datasets.ClassLabel):
-        return True
-    return isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    typed = isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    )
+    if not typed:
+        return False
+    if not isinstance(dataset, datasets.Dataset):
+        return True  # a stream: trust the type
+    values = dataset.unique(label_column)
+    return None not in values and len(values) >= 2
 
 
 def random_subset(dataset, size: int | None, seed: int, label_column: str | None = None):

@@ -9,7 +9,10 @@ cost ~64 MB of traffic), ``max_grad_norm=0`` (SOP clips per parameter, see ``cli
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
+
+from .schedules import LR_SCHEDULES
 
 
 @dataclass
@@ -74,6 +77,16 @@ class SOPTrainingArguments(TrainingArguments):
         default=0.0, metadata={"help": "Global gradient clipping (transformers); SOP uses --clip_grad_per_param."}
     )
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start from scratch even when output_dir holds checkpoints (by default the main job "
+                  "resumes from the newest complete one)."},
+    )  # fmt: skip
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={"help": "Learning-rate schedule after the warm-up: cosine (SOP/DINO, to min_lr), linear (to "
+                  "min_lr), constant_with_warmup, constant (no warm-up)."},
+    )  # fmt: skip
     dataloader_drop_last: bool = field(
         default=True,
         metadata={"help": "Drop the last incomplete batch (default true: every step pairs views of full batches, and "
@@ -96,7 +109,13 @@ class SOPTrainingArguments(TrainingArguments):
     )  # fmt: skip
 
     def __post_init__(self):
+        kind = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        if kind not in LR_SCHEDULES:
+            raise ValueError(f"--lr_scheduler_type must be one of {', '.join(LR_SCHEDULES)} (SOPTrainer's schedules), "
+                             f"got {kind!r}")  # fmt: skip
         super().__post_init__()
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinned memory only helps host-to-GPU copies (and warns without one)
         checks = {
             "student_temp": self.student_temp > 0,
             "teacher_temp": self.teacher_temp > 0,

@@ -41,3 +41,25 @@ def warmup_constant_schedule(step: int, start: float, value: float, warmup_steps
     if step >= warmup_steps or warmup_steps <= 1:
         return value
     return start + (value - start) * max(0, step) / (warmup_steps - 1)
+
+
+LR_SCHEDULES = ("cosine", "linear", "constant_with_warmup", "constant")
+
+
+def lr_multiplier(kind: str, step: int, final: float, total_steps: int, warmup_steps: int) -> float:
+    """The learning-rate factor (of the peak) at ``step`` for ``--lr_scheduler_type`` ``kind``.
+
+    ``cosine`` (SOP/DINO): linear warm-up then cosine to ``final``; ``linear``: warm-up then linear to ``final``;
+    ``constant_with_warmup``: warm-up then 1; ``constant``: 1 throughout (no warm-up).
+    """
+    if kind == "cosine":
+        return cosine_schedule(step, 1.0, final, total_steps, warmup_steps)
+    if kind == "constant":
+        return 1.0
+    warm = cosine_schedule(step, 1.0, 1.0, total_steps, warmup_steps)  # the warm-up ramp, then 1
+    if kind == "constant_with_warmup" or step < min(warmup_steps, total_steps):
+        return warm
+    if kind == "linear":
+        decay = max(1, total_steps - warmup_steps)
+        return 1.0 + (final - 1.0) * min(1.0, (step - warmup_steps) / decay)
+    raise ValueError(f"--lr_scheduler_type must be one of {LR_SCHEDULES}, got {kind!r}")

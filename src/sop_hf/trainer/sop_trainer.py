@@ -49,7 +49,7 @@ from .callbacks import (
     WeightDecayScheduleCallback,
     teacher_momentum,
 )
-from .schedules import cosine_schedule, warmup_constant_schedule
+from .schedules import cosine_schedule, lr_multiplier, warmup_constant_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,10 @@ class SOPTrainer(Trainer):
             warmup = self.warmup_steps_for(num_training_steps)
             final = self.args.min_lr / peak if peak > 0 else 0.0
 
+            kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+
             def multiplier(step: int) -> float:
-                return cosine_schedule(step, 1.0, final, num_training_steps, warmup)
+                return lr_multiplier(kind, step, final, num_training_steps, warmup)
 
             for group in optimizer.param_groups:
                 group["lr"] = peak
