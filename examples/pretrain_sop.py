@@ -174,7 +174,7 @@ class DataArguments(MultiCropDataArguments):
 
 def knn_of(encoder, train, test, data_args, processor, progress: bool = True) -> float:
     columns = dict(image_column=data_args.image_column_name, label_column=data_args.label_column_name,
-                   progress=progress)  # fmt: skip
+                   progress=progress, skip_unreadable=True)  # fmt: skip
     train_x, train_y = extract_features(encoder, train, processor, **columns)
     test_x, test_y = extract_features(encoder, test, processor, **columns)
     return knn_top1(train_x, train_y, test_x, test_y, ks=(data_args.knn_k,))[data_args.knn_k]

@@ -193,3 +193,33 @@ def test_stock_vit_export__same_numbers_and_attention(model_dir, tmp_path, capsy
     vit_model, _ = load_encoder(vit_dir, attn_implementation="eager")
     expected = last_block_attention(sop_model, pixel_values)
     torch.testing.assert_close(last_block_attention(vit_model, pixel_values), expected)
+
+
+def _image_folder(root, count: int, seed: int, corrupt: bool = False):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = root / ("dark" if i % 2 == 0 else "bright")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.integers(0, 100, (28, 28)) + 120 * (i % 2)).astype(np.uint8)).save(folder / f"{i}.png")
+    if corrupt:
+        (root / "dark" / "broken.png").write_bytes(b"not an image")
+    return str(root)
+
+
+def test_eval__two_folders_one_corrupt_image_skipped_and_k_checked(model_dir, tmp_path, capsys, caplog):
+    train = _image_folder(tmp_path / "train", 30, 0)
+    test = _image_folder(tmp_path / "test", 10, 1, corrupt=True)
+    base = ["knn", "--model", model_dir, "--no_cache", "--no_progress", "--train_data", train, "--test_data", test]
+    lines = run_eval([*base, "--ks", "5"], capsys)
+    assert lines == ["knn_top1@5: 1.0000"]  # dark vs bright: separable even at random init
+    assert "skipped 1 unreadable image(s)" in caplog.text
+    with pytest.raises(ValueError, match="k=500 is larger than the 30 training samples"):
+        eval_main([*base, "--ks", "500"])
+
+
+def test_eval__one_folder_held_out_with_validation_split_percentage(model_dir, tmp_path, capsys):
+    data = _image_folder(tmp_path / "all", 40, 0)
+    base = ["knn", "--model", model_dir, "--no_cache", "--no_progress", "--train_data", data, "--ks", "5"]
+    with pytest.raises(ValueError, match="has only the split 'train': pass --test_data"):
+        eval_main(base)
+    assert run_eval([*base, "--validation_split_percentage", "25"], capsys) == ["knn_top1@5: 1.0000"]

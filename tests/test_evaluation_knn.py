@@ -31,10 +31,11 @@ def test_knn_classify__chunked_equals_unchunked():
         assert torch.equal(whole[k], chunked[k])
 
 
-def test_knn_classify__k_larger_than_train_set():
+def test_knn_classify__k_larger_than_train_set_is_an_error_naming_both():
     train, train_y = clusters(2, num_classes=2)
-    prediction = knn_classify(train, train_y, train[:1], ks=(200,))
-    assert prediction[200].tolist() == [0]
+    assert knn_classify(train, train_y, train[:1], ks=(len(train),))[len(train)].shape == (1,)
+    with pytest.raises(ValueError, match=rf"k=200 is larger than the {len(train)} training samples"):
+        knn_classify(train, train_y, train[:1], ks=(200,))
 
 
 def test_knn_classify__weighted_vote_beats_majority():

@@ -102,10 +102,11 @@ def test_main_job__failed_final_evaluation_keeps_encoder_curves_and_results(tmp_
     write_folder(data / "train", 40)
     write_folder(data / "test", 10, corrupt="broken.png", seed=1)
     out = tmp_path / "out"
-    result = run([sys.executable, EXAMPLE, "--dataset_name", data, "--max_steps", 2,
+    result = run([sys.executable, EXAMPLE, "--dataset_name", data, "--max_steps", 2, "--knn_k", 50,
                   "--per_device_train_batch_size", 8, "--monitor_steps", 0, "--save_strategy", "no",
                   "--output_dir", out])  # fmt: skip
     assert "final k-NN evaluation failed" in result.stderr
+    assert "skipped 1 unreadable image(s)" in result.stderr  # the corrupt test image is skipped, not fatal
     summary = json.loads((out / "results.json").read_text())
-    assert "broken.png" in summary["eval_error"] and summary["global_step"] == 2
+    assert "k=50 is larger than the 40 training samples" in summary["eval_error"] and summary["global_step"] == 2
     assert (out / "encoder" / "model.safetensors").exists() and (out / "training_curves.png").exists()

@@ -119,7 +119,7 @@ class ViewMaker:
         return example
 
 
-def _undecoded(dataset, image_column: str):
+def undecoded_images(dataset, image_column: str):
     """Read image bytes/paths instead of PIL images, so this pipeline decodes (and can name a bad file)."""
     features = getattr(dataset, "features", None) or {}
     if isinstance(features.get(image_column), datasets.Image) and features[image_column].decode:
@@ -143,7 +143,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, view_maker: ViewMaker, image_column: str = "image"):
-        self.dataset = _undecoded(dataset, image_column)
+        self.dataset = undecoded_images(dataset, image_column)
         self.views = view_maker
         self.image_column = image_column
         self.epoch = 0
@@ -211,7 +211,7 @@ class MultiCropIterableDataset(torch.utils.data.IterableDataset):
     readable one (the first readable one when the stream starts with bad images), so no example slot is lost."""
 
     def __init__(self, dataset, view_maker: ViewMaker, image_column: str = "image"):
-        self.dataset = _undecoded(dataset, image_column)
+        self.dataset = undecoded_images(dataset, image_column)
         self.views = view_maker
         self.image_column = image_column
         self.epoch = 0

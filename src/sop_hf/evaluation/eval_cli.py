@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from datasets import ClassLabel
 from huggingface_hub import EvalResult, ModelCard
 from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, PretrainedConfig, ResNetConfig
 
 from ..configuration_sop import SOPConfig
-from ..data.sources import DEBIAN_NAME, EMBEDDED_NAME, load_image_dataset
+from ..data.sources import DEBIAN_NAME, EMBEDDED_NAME, available_splits, load_image_dataset, random_subset
 from ..model_card import METHODS, build_model_card, training_from_card
 from ..data.images import to_rgb_image
 from ..image_processing_sop import SOPImageProcessor
@@ -80,8 +81,13 @@ class DataArguments:
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column: str = field(default="label", metadata={"help": "Column holding integer (ClassLabel) labels."})
     max_samples: int | None = field(
-        default=None, metadata={"help": "Keep a seeded random subset of this many rows per split (quick runs)."}
+        default=None, metadata={"help": "Keep a seeded random subset (stratified) of this many rows per split."}
     )
+    validation_split_percentage: float | None = field(
+        default=None,
+        metadata={"help": "With one split only (e.g. one image folder): hold out this percentage (seeded, stratified "
+                  "by label) as the test set and use the rest as train."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -181,20 +187,46 @@ class _Session:
         return int(getattr(self.model.config, "num_hidden_layers", 1))
 
     def dataset(self, name: str, split: str):
-        dataset = load_image_dataset(name, self.data.dataset_config, split, self.data.image_column)
-        limit = self.data.max_samples
-        if limit is not None:
-            if limit < 1:
-                raise ValueError(f"--max_samples must be >= 1, got {limit}")
-            if limit < len(dataset):
-                dataset = dataset.shuffle(seed=SUBSET_SEED).select(range(limit))
-        return dataset
+        data = self.data
+        try:
+            splits = available_splits(name, data.dataset_config)
+        except Exception:  # noqa: BLE001 - an unknown layout: ask for the split as given
+            splits = None
+        role = "test" if split == data.test_split and name == self.test_name() else "train"
+        if splits is not None and split not in splits and len(splits) == 1:
+            if data.validation_split_percentage:
+                dataset = self._held_out(name, splits[0], role)
+            elif data.test_data and data.test_data != data.train_data:
+                logger.info("%s has one split (%s): using it as the %s set", name, splits[0], role)
+                dataset = load_image_dataset(name, data.dataset_config, splits[0], data.image_column)
+            else:
+                raise ValueError(f"{name!r} has only the split {splits[0]!r}: pass --test_data (another folder or "
+                                 "dataset) or --validation_split_percentage to hold out part of it")  # fmt: skip
+        elif data.validation_split_percentage and splits is not None and data.test_split not in splits:
+            dataset = self._held_out(name, split, role)
+        else:
+            dataset = load_image_dataset(name, data.dataset_config, split, data.image_column)
+        if data.max_samples is not None and data.max_samples < 1:
+            raise ValueError(f"--max_samples must be >= 1, got {data.max_samples}")
+        return random_subset(dataset, data.max_samples, SUBSET_SEED, data.label_column)
+
+    def _held_out(self, name: str, split: str, role: str):
+        """The train or test part of a seeded, stratified split of one split (--validation_split_percentage)."""
+        data = self.data
+        if not 0 < data.validation_split_percentage < 100:
+            raise ValueError(f"--validation_split_percentage must be in (0, 100), got {data.validation_split_percentage}")
+        whole = load_image_dataset(name, data.dataset_config, split, data.image_column)
+        stratify = data.label_column if isinstance(whole.features.get(data.label_column), ClassLabel) else None
+        parts = whole.train_test_split(test_size=data.validation_split_percentage / 100, seed=SUBSET_SEED,
+                                       stratify_by_column=stratify)  # fmt: skip
+        return parts["test" if role == "test" else "train"]
 
     def features(self, name: str, split: str, **options) -> tuple[torch.Tensor, torch.Tensor, object]:
         dataset = self.dataset(name, split)
         kwargs = dict(batch_size=self.args.batch_size, image_column=self.data.image_column,
                       label_column=self.data.label_column, device=self.device, dtype=self.args.dtype,
-                      progress=self.args.progress, num_workers=self.args.num_workers, **options)  # fmt: skip
+                      progress=self.args.progress, num_workers=self.args.num_workers, skip_unreadable=True,
+                      **options)  # fmt: skip
         if self.cache is not None:  # data without a fingerprint (streams) is extracted without the cache
             features, labels = cached_extract_features(
                 self.model, dataset, self.processor, cache=self.cache, split=split, data_source=name,

@@ -41,6 +41,7 @@ from torch.nn.functional import interpolate, normalize
 from tqdm.auto import tqdm
 
 from ..data.images import to_rgb_image
+from ..data.pipeline import undecoded_images
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,9 @@ def pool_output(output, model: torch.nn.Module, pooling: str = "cls", n_last_blo
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
-def _rgb(image, index: int):
+def _rgb(image, index: int, skip: bool = False):
     rgb = to_rgb_image(image)
-    if rgb is None:
+    if rgb is None and not skip:
         raise ValueError(f"row {index}: the image could not be decoded (corrupt or truncated file)")
     return rgb
 
@@ -149,8 +150,9 @@ def _labels_tensor(values: Sequence, label_column: str) -> torch.Tensor:
 class _ProcessedBatches(torch.utils.data.Dataset):
     """Batch i of a map-style ``datasets.Dataset``: decoded, converted to RGB and run through the processor."""
 
-    def __init__(self, dataset, image_processor, batch_size, image_column, label_column, total):
-        self.dataset, self.processor, self.batch_size = dataset, image_processor, batch_size
+    def __init__(self, dataset, image_processor, batch_size, image_column, label_column, total, skip=False):
+        self.dataset = undecoded_images(dataset, image_column) if skip else dataset  # decode here, to skip bad files
+        self.processor, self.batch_size, self.skip = image_processor, batch_size, skip
         self.image_column, self.label_column, self.total = image_column, label_column, total
 
     def __len__(self) -> int:
@@ -159,14 +161,22 @@ class _ProcessedBatches(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         start = index * self.batch_size
         rows = self.dataset[start : min(start + self.batch_size, self.total)]
-        return _process_rows(rows, self.processor, self.image_column, self.label_column, start)
+        return _process_rows(rows, self.processor, self.image_column, self.label_column, start, self.skip)
 
 
-def _process_rows(columns: dict, processor, image_column: str, label_column: str | None, start: int) -> dict:
-    images = [_rgb(image, start + i) for i, image in enumerate(columns[image_column])]
-    batch = {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}  # [B, C, H, W]
+def _process_rows(
+    columns: dict, processor, image_column: str, label_column: str | None, start: int, skip: bool = False
+) -> dict:
+    """Rows -> ``pixel_values`` [B', C, H, W] (and ``labels`` [B']); with ``skip`` unreadable images are dropped
+    (B' <= B) and counted in ``num_skipped``."""
+    images = [_rgb(image, start + i, skip) for i, image in enumerate(columns[image_column])]
+    keep = [i for i, image in enumerate(images) if image is not None]
+    batch = {"num_skipped": len(images) - len(keep)}
+    if keep:
+        batch["pixel_values"] = processor([images[i] for i in keep], return_tensors="pt")["pixel_values"]
     if label_column is not None:
-        batch["labels"] = _labels_tensor(columns[label_column], label_column)
+        batch["labels"] = _labels_tensor([columns[label_column][i] for i in keep], label_column) if keep else (
+            torch.empty(0, dtype=torch.long))  # fmt: skip
     return batch
 
 
@@ -190,6 +200,7 @@ def iter_processed_batches(
     label_column: str | None = "label",
     max_samples: int | None = None,
     num_workers: int = 0,
+    skip_unreadable: bool = False,
 ) -> tuple[Iterator[dict], int | None]:
     """Yield ``{"pixel_values": [B, C, H, W], "labels": [B]}`` batches (labels only when ``label_column`` is set).
 
@@ -209,7 +220,8 @@ def iter_processed_batches(
             raise ValueError(f"column {column!r} not found in the dataset; columns are {list(columns)}")
     if isinstance(dataset, datasets.Dataset):
         total = len(dataset) if max_samples is None else min(len(dataset), max_samples)
-        batches = _ProcessedBatches(dataset, image_processor, batch_size, image_column, label_column, total)
+        batches = _ProcessedBatches(dataset, image_processor, batch_size, image_column, label_column, total,
+                                    skip_unreadable)  # fmt: skip
         loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers)
         return iter(loader), total
     if isinstance(dataset, datasets.IterableDataset):
@@ -228,7 +240,7 @@ def iter_processed_batches(
     def generate() -> Iterator[dict]:
         start = 0
         for cols in column_batches:
-            yield _process_rows(cols, image_processor, image_column, label_column, start)
+            yield _process_rows(cols, image_processor, image_column, label_column, start, skip_unreadable)
             start += len(cols[image_column])
 
     return generate(), total
@@ -288,6 +300,7 @@ def extract_features(
     scales: Sequence[float] = (1.0,),
     max_samples: int | None = None,
     num_workers: int = 0,
+    skip_unreadable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return ([N, D'] float32 features, [N] long labels or None) for the rows of ``dataset``, in order.
 
@@ -311,6 +324,8 @@ def extract_features(
         max_samples: Use only the first ``max_samples`` rows (quick runs).
         num_workers: DataLoader workers decoding and preprocessing a map-style ``Dataset``; raise it when the GPU
             waits for the CPU. Ignored for streams.
+        skip_unreadable: Drop rows whose image cannot be decoded (their labels too) and log how many; by default
+            such a row is an error.
 
     Raises:
         ValueError: For an unknown pooling, an empty scale list, a non-integer label or an undecodable image.
@@ -328,14 +343,19 @@ def extract_features(
     if label_column is not None and columns is not None and label_column not in columns:
         label_column = None
     batches, total = iter_processed_batches(
-        dataset, image_processor, batch_size, image_column, label_column, max_samples, num_workers
+        dataset, image_processor, batch_size, image_column, label_column, max_samples, num_workers, skip_unreadable
     )
+    skipped = 0
     was_training = model.training
     model.eval().to(device)
     features, labels = [], []
     try:
         with tqdm(total=total, desc="features", unit="img", disable=not progress, leave=False) as bar:
             for batch in batches:
+                skipped += batch["num_skipped"]
+                bar.update(batch["num_skipped"])
+                if "pixel_values" not in batch:
+                    continue
                 pixel_values = batch["pixel_values"].to(device, non_blocking=True)
                 features.append(encode_batch(model, pixel_values, pooling, n_last_blocks, scales, dtype).cpu())
                 if "labels" in batch:
@@ -343,6 +363,8 @@ def extract_features(
                 bar.update(pixel_values.shape[0])
     finally:
         model.train(was_training)
+    if skipped:
+        logger.warning("skipped %d unreadable image(s) of %s rows", skipped, total if total is not None else "the")
     if not features:
-        raise ValueError("the dataset yielded no rows")
+        raise ValueError("the dataset yielded no rows" + (f" ({skipped} unreadable images skipped)" if skipped else ""))
     return torch.cat(features), (torch.cat(labels) if label_column is not None else None)

@@ -38,7 +38,10 @@ def knn_classify(
     ks = sorted({int(k) for k in ks})
     if ks[0] < 1:
         raise ValueError(f"every k must be >= 1, got {ks}")
-    max_k = min(ks[-1], train_features.shape[0])
+    if ks[-1] > train_features.shape[0]:
+        raise ValueError(f"k={ks[-1]} is larger than the {train_features.shape[0]} training samples; lower k or use "
+                         "more training images")  # fmt: skip
+    max_k = ks[-1]
     num_classes = int(num_classes or int(train_labels.max()) + 1)
     train = normalize(train_features.float(), dim=1)
     test = normalize(test_features.float(), dim=1)
