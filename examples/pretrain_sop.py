@@ -322,8 +322,12 @@ def main(argv: list[str] | None = None) -> dict:
     seed, label = training_args.seed, data_args.label_column_name
     if data_args.monitor_steps > 0 and eval_splits is not None:
         n = data_args.monitor_samples
+        memory = random_subset(eval_splits[0], n, seed, label)
+        if data_args.knn_k > len(memory):
+            raise ValueError(f"--knn_k {data_args.knn_k} is larger than the monitor's {len(memory)} train images; "
+                             "raise --monitor_samples or lower --knn_k")  # fmt: skip
         callbacks.append(TrainingMonitorCallback(
-            random_subset(eval_splits[0], n, seed, label), random_subset(eval_splits[1], n, seed, label),
+            memory, random_subset(eval_splits[1], n, seed, label),
             processor, every_n_steps=data_args.monitor_steps, k=data_args.knn_k, which=training_args.export_encoder,
             num_prototypes=num_prototypes, stop_on_collapse=data_args.stop_on_collapse,
             image_column=data_args.image_column_name, label_column=label,

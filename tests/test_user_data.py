@@ -71,8 +71,9 @@ def data(tmp_path_factory) -> Path:
 def test_save_to_disk__constant_lr_and_eval_strategy_run_the_monitor(data, tmp_path):
     out = tmp_path / "out"
     result = run("--dataset_name", data / "saved", "--max_steps", 4, "--output_dir", out, "--lr_scheduler_type",
-                 "constant", "--eval_strategy", "steps", "--eval_steps", 2, "--monitor_samples", 16, *QUICK)  # fmt: skip
-    assert "k-NN top-1 (k=20) on" in result.stdout and "/test:" in result.stdout
+                 "constant", "--eval_strategy", "steps", "--eval_steps", 2, "--monitor_samples", 16, "--knn_k", 5,
+                 *QUICK)  # fmt: skip
+    assert "k-NN top-1 (k=5) on" in result.stdout and "/test:" in result.stdout
     history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     rates = {row["learning_rate"] for row in history if "learning_rate" in row}
     assert len(rates) == 1  # constant: no warm-up, no decay
@@ -111,6 +112,7 @@ def test_bad_flags__clear_errors_before_compute(tmp_path):
         (["--preset", "vit_huge"], "--preset must be one of vit_base, vit_large, vit_small, vit_tiny, got 'vit_huge'"),
         (["--lr_scheduler_type", "polynomial"], "--lr_scheduler_type must be one of cosine, linear"),
         (["--eval_strategy", "epoch"], "--eval_strategy epoch is not supported"),
+        (["--monitor_steps", 5, "--monitor_samples", 10], "--knn_k 20 is larger than the monitor's 10 train images"),
     ):
         result = run(*flags, "--output_dir", tmp_path / "x", check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
