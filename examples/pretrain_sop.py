@@ -18,19 +18,20 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser, TrainerCallback, set_seed
 
 import sop_hf
 from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining
 from sop_hf.data.sources import available_splits, has_labels, load_image_dataset, random_subset
 from sop_hf.evaluation import extract_features, knn_top1
-from sop_hf.hub import build_model_card, default_image_processor, save_encoder
+from sop_hf.hub import default_image_processor, push_run_to_hub, save_encoder
 from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
 from sop_hf.trainer.sop_trainer import last_complete_checkpoint
 from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset, build_collator
@@ -245,6 +246,92 @@ def load_training_data(data_args, seed: int):
     return train, (knn_train, evaluation)
 
 
+def dataset_card_name(data_args) -> str:
+    """The dataset as the card names it: a Hub id or a plain name, never a local path."""
+    if data_args.train_dir:
+        return Path(data_args.train_dir).resolve().name
+    if data_args.data_files:
+        return "local data files"
+    name = data_args.dataset_name
+    if name in ("embedded", "fashion_mnist_debian"):
+        return "fashion_mnist"
+    return Path(name).resolve().name if os.path.exists(name) else name
+
+
+def training_record(model_args, data_args, training_args, trainer, recipe: str) -> dict:
+    """Every recipe row of the model card, from the values this run used."""
+    crops = f"2 x {data_args.global_crop_size} px + {data_args.num_local_crops} x {data_args.local_crop_size} px"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not training_args.use_cpu else "CPU"
+    precision = "bf16" if training_args.bf16 else ("fp16" if training_args.fp16 else "fp32")
+    warmup = (f"{training_args.warmup_steps:g} steps" if training_args.warmup_steps else
+              f"{training_args.warmup_epochs:g} epochs")  # fmt: skip
+    return {
+        "dataset": dataset_card_name(data_args), "num_train_epochs": round(trainer.state.epoch or 0, 2),
+        "max_steps": trainer.state.global_step, "global_batch_size": trainer.global_batch_size,
+        "learning_rate": trainer.peak_learning_rate, "min_lr": training_args.min_lr, "warmup_epochs": warmup,
+        "weight_decay": f"{training_args.weight_decay:g} -> {training_args.weight_decay_end:g} (cosine)",
+        "optimizer": str(getattr(training_args.optim, "value", training_args.optim)),
+        "momentum_teacher": f"{training_args.momentum_teacher:g} -> {training_args.momentum_teacher_end:g} (cosine)",
+        "student_temp": training_args.student_temp, "teacher_temp": training_args.teacher_temp,
+        "warmup_teacher_temp": training_args.warmup_teacher_temp, "teacher_patch_temp": training_args.teacher_patch_temp,
+        "crops": crops, "hardware": f"{training_args.world_size} x {device}, {precision}", "recipe": recipe,
+        "mim_loss_weight": getattr(trainer.model.config, "mim_loss_weight", 0.0),
+        "exported": training_args.export_encoder,
+    }  # fmt: skip
+
+
+@dataclass
+class HubTarget:
+    """Where --push_to_hub publishes: the Trainer's own push would upload the pretraining model (student, teacher,
+    heads, banks), so the job turns it off and publishes the exported encoder itself (``hub.push_run_to_hub``)."""
+
+    repo_id: str
+    strategy: str
+    token: str | None
+    private: bool | None
+
+    @classmethod
+    def take_from(cls, training_args) -> "HubTarget | None":
+        if not training_args.push_to_hub:
+            return None
+        strategy = str(getattr(training_args.hub_strategy, "value", training_args.hub_strategy))
+        target = cls(training_args.hub_model_id or Path(training_args.output_dir).resolve().name, strategy,
+                     training_args.hub_token, training_args.hub_private_repo)  # fmt: skip
+        training_args.push_to_hub = False
+        return target
+
+    def checkpoints(self, output_dir: str) -> dict[str, str]:
+        """The training checkpoints this strategy publishes beside the encoder."""
+        if self.strategy == "checkpoint":
+            last = last_complete_checkpoint(output_dir)
+            return {"last-checkpoint": last} if last else {}
+        if self.strategy == "all_checkpoints":
+            return {p.name: str(p) for p in sorted(Path(output_dir).glob("checkpoint-*"))
+                    if (p / "checkpoint_complete.json").exists()}  # fmt: skip
+        return {}
+
+    def push(self, output_dir: str, message: str) -> None:
+        url = push_run_to_hub(output_dir, self.repo_id, checkpoints=self.checkpoints(output_dir), private=self.private,
+                              token=self.token, commit_message=message)  # fmt: skip
+        logger.info("pushed to %s", url)
+
+
+class HubPushCallback(TrainerCallback):
+    """--hub_strategy every_save / checkpoint / all_checkpoints: publish the encoder (and checkpoints) at each save."""
+
+    def __init__(self, target: HubTarget, export):
+        self.target, self.export = target, export
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.export()
+            self.target.push(args.output_dir, f"Training in progress, step {state.global_step}")
+
+
+def export_outputs(model, training_args, write_card) -> Path:
+    return write_card(model.export_encoder(training_args.export_encoder))
+
+
 def resume_point(training_args) -> str | bool | None:
     """--resume_from_checkpoint (a path, or true/last for the newest complete one); by default the newest complete
     checkpoint of output_dir, unless --overwrite_output_dir."""
@@ -272,7 +359,6 @@ def evaluation_as_monitor(training_args, data_args) -> None:
     steps = training_args.eval_steps or training_args.logging_steps
     data_args.monitor_steps = int(steps) if steps >= 1 else max(1, int(steps * max(1, training_args.max_steps)))
     training_args.eval_strategy = "no"
-    training_args.do_eval = False
     logger.info("--eval_strategy steps: the k-NN monitor runs every %d steps", data_args.monitor_steps)
 
 
@@ -296,6 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError("--knn_k, --max_eval_samples and --monitor_samples must be >= 1, got "
                          f"{data_args.knn_k}, {data_args.max_eval_samples}, {data_args.monitor_samples}")  # fmt: skip
     evaluation_as_monitor(training_args, data_args)
+    if not training_args.do_eval:
+        data_args.knn_eval = False
     if model_args.method not in ("sop", "massl", "carp", "carl"):
         raise ValueError(f"--method must be one of sop, massl, carp, carl; got {model_args.method!r}")
     set_seed(training_args.seed)
@@ -318,6 +406,14 @@ def main(argv: list[str] | None = None) -> dict:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs, as CARP
     processor = default_image_processor(config, data_args.eval_resize_ratio)  # k-NN checks and the export
     num_prototypes = prototype_count(config, model_args.method)
+    card_state: dict = {"training": None, "eval_results": None}
+
+    def write_card(encoder, curves=None) -> Path:
+        """The encoder folder: weights, stock processor, card (record, results, curves)."""
+        return save_encoder(encoder, os.path.join(training_args.output_dir, "encoder"), image_processor=processor,
+                            method=model_args.method, training=card_state["training"],
+                            eval_results=card_state["eval_results"] or None, training_curves=curves)  # fmt: skip
+
     callbacks = []
     seed, label = training_args.seed, data_args.label_column_name
     if data_args.monitor_steps > 0 and eval_splits is not None:
@@ -332,9 +428,25 @@ def main(argv: list[str] | None = None) -> dict:
             num_prototypes=num_prototypes, stop_on_collapse=data_args.stop_on_collapse,
             image_column=data_args.image_column_name, label_column=label,
         ))  # fmt: skip
+    hub = HubTarget.take_from(training_args)  # the Trainer would push the pretraining model: publish the encoder
+    if hub is not None and hub.strategy in ("every_save", "checkpoint", "all_checkpoints"):
+        callbacks.append(HubPushCallback(hub, lambda: export_outputs(model, training_args, write_card)))
     trainer = SOPTrainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator,
-                         callbacks=callbacks)  # fmt: skip
-    result = trainer.train(resume_from_checkpoint=resume_point(training_args))
+                         processing_class=processor, callbacks=callbacks)  # fmt: skip
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=resume_point(training_args))
+        train_metrics = {**result.metrics, "global_step": result.global_step}
+    else:
+        checkpoint = resume_point(training_args)
+        if not checkpoint:
+            raise ValueError("--do_train false needs a checkpoint to evaluate (--resume_from_checkpoint PATH or one in "
+                             "--output_dir)")  # fmt: skip
+        trainer._load_from_checkpoint(checkpoint)
+        train_metrics = {"global_step": trainer.state.global_step}
+    trainer.save_model()  # the pretraining model (student, teacher, heads, banks) and its processor
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
+    trainer.save_state()
     stats = {**trainer.image_stats, "nonfinite_steps_skipped": trainer.nonfinite_steps_skipped}
     describe = getattr(train_dataset, "describe", lambda i: f"sample {i}")
     bad_files = [describe(i) for i in trainer.bad_samples[:20]]
@@ -344,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
     if stats["images_converted"]:
         logger.info("%d training images converted to RGB (grayscale, palette, alpha ...)", stats["images_converted"])
 
-    summary = {"train_loss": result.training_loss, "global_step": result.global_step, **stats,
+    summary = {"train_loss": train_metrics.get("train_loss"), "global_step": trainer.state.global_step, **stats,
                "bad_files": bad_files}  # fmt: skip
     if not trainer.is_world_process_zero():
         return summary
@@ -354,16 +466,11 @@ def main(argv: list[str] | None = None) -> dict:
     encoder = model.export_encoder(training_args.export_encoder)
     plot_path = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"),
                                      uniform_loss=math.log(num_prototypes) if num_prototypes else None)  # fmt: skip
-    training_info = {
-        "dataset": data_args.dataset_name, "steps": result.global_step, "epochs": round(trainer.state.epoch or 0, 2),
-        "global_batch_size": trainer.global_batch_size, "learning_rate": trainer.peak_learning_rate,
-        "recipe": recipe, "exported": training_args.export_encoder,
-    }  # fmt: skip
+    card_state["training"] = training_record(model_args, data_args, training_args, trainer, recipe)
 
     def write_outputs(eval_results=None) -> Path:
-        card = build_model_card(encoder.config, method=model_args.method, training=training_info,
-                                eval_results=eval_results or None)  # fmt: skip
-        folder = save_encoder(encoder, os.path.join(output_dir, "encoder"), image_processor=processor, model_card=card)
+        card_state["eval_results"] = eval_results
+        folder = write_card(encoder, plot_path)
         with open(os.path.join(output_dir, "results.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
         return folder
@@ -393,15 +500,29 @@ def main(argv: list[str] | None = None) -> dict:
             logger.error("final k-NN evaluation failed (%s); the encoder, curves and results are saved in %s",
                          summary["eval_error"], output_dir)  # fmt: skip
             write_outputs()
-            return summary
+            return publish(hub, output_dir, summary)
         summary.update(knn_top1_trained=trained, knn_top1_random_init=baseline)
+        trainer.save_metrics("eval", {f"knn_top1@{data_args.knn_k}": trained,
+                                      f"knn_top1@{data_args.knn_k}_random_init": baseline})  # fmt: skip
         verdict = "better than" if trained > baseline else "NOT better than"
         print(f"k-NN top-1 (k={data_args.knn_k}) on {data_args.dataset_name}/{data_args.eval_split}: "
               f"random init {100 * baseline:.1f}%  ->  trained ({training_args.export_encoder}) "
               f"{100 * trained:.1f}%: {verdict} a random encoder")  # fmt: skip
-        write_outputs([{"task_type": "image-classification", "dataset_name": data_args.dataset_name,
-                        "dataset_type": data_args.dataset_name, "metric_type": "accuracy",
+        card_dataset = dataset_card_name(data_args)
+        write_outputs([{"task_type": "image-classification", "dataset_name": card_dataset,
+                        "dataset_type": card_dataset, "dataset_split": data_args.eval_split, "metric_type": "accuracy",
                         "metric_name": f"k-NN top-1 (k={data_args.knn_k})", "metric_value": trained}])  # fmt: skip
+    return publish(hub, output_dir, summary)
+
+
+def publish(hub: "HubTarget | None", output_dir: str, summary: dict) -> dict:
+    """Copy all_results.json beside the encoder and, with --push_to_hub, publish the run (the last step)."""
+    results = Path(output_dir) / "all_results.json"
+    if results.exists():
+        shutil.copy(results, Path(output_dir) / "encoder" / "all_results.json")
+    if hub is not None:
+        hub.push(output_dir, "End of training")
+        summary["hub_repo"] = hub.repo_id
     return summary
 
 

@@ -18,15 +18,16 @@ Push an encoder exported from a pretraining run (needs a token with write access
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from transformers import ResNetModel
 
 from .export import stock_image_processor
 from .image_processing_sop import SOPImageProcessor
-from .model_card import METHODS, NOT_RECORDED, build_model_card, count_parameters, is_resnet_config
+from .model_card import METHODS, NOT_RECORDED, build_model_card, count_parameters
 from .modeling_sop import SOPModel
 
 ENCODER_CLASSES = (SOPModel, ResNetModel)
@@ -44,17 +45,15 @@ def _check_encoder(encoder: Any, caller: str) -> None:
 
 
 def default_image_processor(config, crop_pct: float = 0.875):
-    """The evaluation transform of an encoder: ``SOPImageProcessor`` for the ViT, or, for a ResNet (a stock model, so
-    no remote code wanted), the same transform as a stock transformers processor (``export.stock_image_processor``).
+    """The evaluation transform of an encoder as a stock transformers processor (``export.stock_image_processor``:
+    resize the shorter side to size / crop_pct, bicubic, centre crop, ImageNet mean/std), for the ViT and the ResNet.
 
-    ``config`` is the encoder's (``SOPConfig`` / ``ResNetConfig``, which has no size: 224 px) or the pretraining
-    model's (``LineageConfig`` with ``encoder_type="resnet"``; its ``image_size`` is used). Saved beside every encoder
-    that ``save_encoder`` gets without a processor.
+    A stock class reproduces ``SOPImageProcessor`` exactly (same pixel values) and carries no ``auto_map``, so
+    ``pipeline(...)`` and ``AutoImageProcessor`` never ask to run custom code for it. ``config`` is the encoder's
+    (``SOPConfig`` / ``ResNetConfig``, which has no size: 224 px) or the pretraining model's. Saved beside every
+    encoder that ``save_encoder`` gets without a processor.
     """
-    size = getattr(config, "image_size", 224)
-    if is_resnet_config(config) or getattr(config, "encoder_type", "vit") == "resnet":
-        return stock_image_processor(size, crop_pct)
-    return SOPImageProcessor(size=size, crop_pct=crop_pct)
+    return stock_image_processor(getattr(config, "image_size", 224), crop_pct)
 
 
 def save_encoder(
@@ -150,6 +149,50 @@ def push_encoder_to_hub(
     return str(url) if url else str(repo_url)
 
 
+def push_run_to_hub(
+    output_dir: str | Path,
+    repo_id: str,
+    checkpoints: Mapping[str, str | Path] | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload SOP encoder with sop_hf",
+) -> str:
+    """Publish a training run's result in one commit: what users load at the repository root, checkpoints in
+    sub-folders.
+
+    Root: everything in ``OUTPUT_DIR/encoder`` (``model.safetensors``, ``config.json`` with its remote code, the
+    stock image processor, ``README.md`` with the curves PNG) plus ``OUTPUT_DIR/all_results.json`` when it exists.
+    ``checkpoints``: {sub-folder name: training checkpoint folder} (``{"last-checkpoint": ...}`` for
+    ``hub_strategy="checkpoint"``), e.g. to resume elsewhere; None publishes only the encoder.
+
+    Returns:
+        The commit URL (the repository URL if the Hub returned none).
+    """
+    output_dir = Path(output_dir)
+    encoder_dir = output_dir / "encoder"
+    if not (encoder_dir / "config.json").exists():
+        raise ValueError(f"{encoder_dir} holds no exported encoder; write it with save_encoder first")
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+    operations = [
+        CommitOperationAdd(path_in_repo=p.relative_to(encoder_dir).as_posix(), path_or_fileobj=str(p))
+        for p in sorted(encoder_dir.rglob("*")) if p.is_file()
+    ]  # fmt: skip
+    results = output_dir / "all_results.json"
+    if results.exists():
+        operations.append(CommitOperationAdd(path_in_repo="all_results.json", path_or_fileobj=str(results)))
+    for name, checkpoint in (checkpoints or {}).items():
+        checkpoint = Path(checkpoint)
+        operations += [
+            CommitOperationAdd(path_in_repo=f"{name}/{p.relative_to(checkpoint).as_posix()}", path_or_fileobj=str(p))
+            for p in sorted(checkpoint.rglob("*")) if p.is_file()
+        ]  # fmt: skip
+    commit = api.create_commit(repo_id=repo_url.repo_id, operations=operations, commit_message=commit_message,
+                               token=token)  # fmt: skip
+    url = getattr(commit, "commit_url", None)
+    return str(url) if url else str(repo_url)
+
+
 # METHODS, NOT_RECORDED, build_model_card and count_parameters are re-exported: this was their first home.
 __all__ = [
     "ENCODER_CLASSES",
@@ -159,5 +202,6 @@ __all__ = [
     "count_parameters",
     "default_image_processor",
     "push_encoder_to_hub",
+    "push_run_to_hub",
     "save_encoder",
 ]

@@ -77,6 +77,8 @@ class SOPTrainingArguments(TrainingArguments):
         default=0.0, metadata={"help": "Global gradient clipping (transformers); SOP uses --clip_grad_per_param."}
     )
 
+    do_train: bool = field(default=True, metadata={"help": "Train (false: evaluate and export a checkpoint)."})
+    do_eval: bool = field(default=True, metadata={"help": "Run the final k-NN evaluation of the encoder."})
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start from scratch even when output_dir holds checkpoints (by default the main job "
