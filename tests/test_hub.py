@@ -319,9 +319,11 @@ def test_push_encoder_to_hub__pull_gives_identical_features_and_our_card(fake_hu
 def test_push_to_hub__stock_transformers_path_works_too(fake_hub, tmp_path):
     local, image, tokens, pooled = _reference(tmp_path)
     push = f"""
-        from sop_hf import SOPImageProcessor, SOPModel
-        SOPModel.from_pretrained({str(local)!r}).push_to_hub("sop-tester/stock")
-        SOPImageProcessor(size=32).push_to_hub("sop-tester/stock")
+        from sop_hf import SOPModel
+        from sop_hf.hub import default_image_processor
+        model = SOPModel.from_pretrained({str(local)!r})
+        model.push_to_hub("sop-tester/stock")
+        default_image_processor(model.config).push_to_hub("sop-tester/stock")
     """
     fake_hub.run_python(textwrap.dedent(push))
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "modeling_sop.py"} <= set(
