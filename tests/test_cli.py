@@ -1,12 +1,15 @@
 """``sop-export`` / ``sop-convert``: help text, in-process runs and one run of the installed console scripts."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, ViTModel
 
 from sop_hf import SOPForPreTraining, SOPImageProcessor, SOPModel
@@ -97,7 +100,7 @@ def test_export__rejects_folders_of_other_models(tmp_path):
     ViTModel(ViTModel.config_class(hidden_size=32, num_hidden_layers=1, num_attention_heads=2)).save_pretrained(
         tmp_path / "vit"
     )
-    with pytest.raises(ValueError, match="is not a SOP model folder \\(config model_type='vit', expected 'sop'\\)"):
+    with pytest.raises(ValueError, match="is not a SOP model folder \\(config model_type='vit', expected 'sop'"):
         export_main(["--model", str(tmp_path / "vit"), "--output_dir", str(tmp_path / "out")])
 
 
@@ -143,3 +146,73 @@ def test_console_scripts__convert_then_export_in_subprocesses(tmp_path):
     images = torch.randn(2, 3, IMAGE, IMAGE)
     expected = reference_forward(STUDENT, images, HEADS)
     assert max_delta(_features(ViTModel.from_pretrained(tmp_path / "vit"), images), expected) <= TOLERANCE
+
+
+# --- every method's checkpoint through every command; no code from a model folder unless asked ----------------------
+
+
+@pytest.fixture(scope="module")
+def lineage_checkpoints(tmp_path_factory):
+    from sop_hf import LineageConfig, LineageForPreTraining
+    from tests.conftest import TINY
+    from tests.test_lineage_resnet import RESNET
+
+    root = tmp_path_factory.mktemp("lineage")
+    folders = {}
+    for name, extra in (("massl_vit", dict(memory_size=64, block_size=16)), ("carp_resnet", RESNET)):
+        method = name.split("_")[0]
+        model = LineageForPreTraining(LineageConfig.for_method(method, **{**TINY, **extra}))
+        model.save_pretrained(root / name)
+        folders[name] = str(root / name)
+    return folders
+
+
+@pytest.mark.parametrize("name", ["massl_vit", "carp_resnet"])
+def test_lineage_checkpoints__eval_export_visualize(lineage_checkpoints, name, tmp_path, capsys):
+    from transformers import AutoModel
+
+    from sop_hf.evaluation.eval_cli import eval_main, visualize_main
+
+    folder = lineage_checkpoints[name]
+    assert eval_main(["knn", "--model", folder, "--max_samples", "30", "--ks", "5", "--no_cache", "--no_progress"]) == 0
+    assert capsys.readouterr().out.strip().startswith("knn_top1@5: ")
+    assert export_main(["--model", folder, "--output_dir", str(tmp_path / "export")]) == 0
+    exported = AutoModel.from_pretrained(tmp_path / "export")  # stock transformers: ViTModel or ResNetModel
+    assert type(exported).__name__ == ("ViTModel" if name.endswith("vit") else "ResNetModel")
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    argv = ["--model", folder, "--image", str(image), "--output", str(tmp_path / "attention.png")]
+    if name.endswith("vit"):
+        assert visualize_main(argv) == 0 and (tmp_path / "attention.png").exists()
+    else:
+        with pytest.raises(ValueError, match="convolutional encoder .* no attention maps"):
+            visualize_main(argv)
+
+
+def test_model_folder_with_its_own_code__refused_by_every_command_unless_asked(tmp_path):
+    from sop_hf.evaluation.eval_cli import eval_main, load_encoder, visualize_main
+
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    marker = tmp_path / "code_ran"
+    (folder / "custom_code.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PretrainedConfig, PreTrainedModel\n"
+        "class CustomConfig(PretrainedConfig):\n    model_type = 'custom_remote'\n"
+        "class CustomModel(PreTrainedModel):\n    config_class = CustomConfig\n"
+    )  # fmt: skip
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "custom_remote", "architectures": ["CustomModel"],
+        "auto_map": {"AutoConfig": "custom_code.CustomConfig", "AutoModel": "custom_code.CustomModel"},
+    }))  # fmt: skip
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    for command in (
+        lambda: eval_main(["knn", "--model", str(folder), "--no_cache", "--no_progress"]),
+        lambda: visualize_main(["--model", str(folder), "--image", str(image), "--output", str(tmp_path / "a.png")]),
+        lambda: export_main(["--model", str(folder), "--output_dir", str(tmp_path / "out")]),
+        lambda: load_encoder(str(folder)),
+    ):
+        with pytest.raises(ValueError, match="trust_remote_code|not a SOP model folder"):
+            command()
+    assert not marker.exists()  # no code from the folder ran

@@ -16,14 +16,14 @@ from argparse import ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, ResNetModel
 
 from .configuration_sop import SOPConfig
 from .convert import load_original_checkpoint
-from .export import save_stock_vit
+from .evaluation.eval_cli import load_encoder
+from .export import save_stock_vit, stock_image_processor
+from .modeling_lineage import LineageConfig
 from .image_processing_sop import SOPImageProcessor
-from .modeling_sop import SOPModel
-from .modeling_sop_pretraining import SOPForPreTraining
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ class ExportArguments:
             "help": "For pretraining checkpoints: which encoder to export. Keep 'teacher' (what DINO/iBOT/SOP "
             "evaluate); try 'student' for short runs whose EMA momentum reached 1 early. Ignored for encoder folders."
         },
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped inside the model folder (only for folders you trust)."}
     )
     image_size: int | None = field(
         default=None,
@@ -158,34 +161,38 @@ def _setup_logging() -> None:
     logging.getLogger("sop_hf").setLevel(logging.INFO)
 
 
-def load_encoder_for_export(model: str, which: str = "teacher") -> SOPModel:
-    """The ``SOPModel`` in an encoder folder, or the teacher / student of a pretraining checkpoint folder.
+def load_encoder_for_export(model: str, which: str = "teacher", trust_remote_code: bool = False):
+    """The encoder in an encoder folder, or the teacher / student of a pretraining checkpoint folder of any method
+    (an ``SOPModel``, or a ``ResNetModel`` for ResNet lineage runs).
 
     Args:
-        model: Local folder (or Hub id) saved by ``SOPModel`` or ``SOPForPreTraining.save_pretrained``.
+        model: Local folder (or Hub id) saved by an encoder or a ``…ForPreTraining.save_pretrained``.
         which: ``"teacher"`` or ``"student"``; used for pretraining checkpoints only.
+        trust_remote_code: Run code shipped in the folder (only when asked for with ``--trust_remote_code``).
 
     Raises:
-        ValueError: The folder is not a SOP model.
+        ValueError: The folder holds neither a SOP encoder, a ResNet nor a pretraining checkpoint.
     """
     config_dict, _ = SOPConfig.get_config_dict(model)
-    if config_dict.get("model_type") != SOPConfig.model_type:
+    if config_dict.get("model_type") not in (SOPConfig.model_type, LineageConfig.model_type, "resnet"):
         raise ValueError(
             f"{model} is not a SOP model folder (config model_type={config_dict.get('model_type')!r}, expected "
-            f"{SOPConfig.model_type!r}); for original .pth checkpoints use sop-convert"
+            f"{SOPConfig.model_type!r} or {LineageConfig.model_type!r}); for original .pth checkpoints use sop-convert"
         )
-    if "SOPForPreTraining" in (config_dict.get("architectures") or []):
-        logger.info("%s is a pretraining checkpoint; exporting its %s encoder", model, which)
-        return SOPForPreTraining.from_pretrained(model).export_encoder(which)
-    logger.info("%s is an encoder folder (--which is ignored)", model)
-    return SOPModel.from_pretrained(model).eval()
+    encoder, _ = load_encoder(model, which, trust_remote_code=trust_remote_code)
+    return encoder
 
 
 def export_main(argv: list[str] | None = None) -> int:
     """``sop-export``: SOP encoder / pretraining checkpoint folder -> stock ViT folder. Returns the exit code."""
     args = _parse(ExportArguments, EXPORT_DESCRIPTION, "sop-export", argv)
     _setup_logging()
-    encoder = load_encoder_for_export(args.model, args.which)
+    encoder = load_encoder_for_export(args.model, args.which, args.trust_remote_code)
+    if isinstance(encoder, ResNetModel):  # already a stock transformers model
+        encoder.save_pretrained(args.output_dir)
+        stock_image_processor(args.image_size or 224, args.crop_pct).save_pretrained(args.output_dir)
+        print(f"Stock ResNet written to {args.output_dir} (load with transformers.AutoModel.from_pretrained)")
+        return 0
     save_stock_vit(encoder, args.output_dir, image_size=args.image_size, crop_pct=args.crop_pct)
     print(f"Stock ViT written to {args.output_dir} (load with transformers.AutoModel.from_pretrained)")
     return 0

@@ -9,9 +9,9 @@ stderr, so ``sop-eval ... | grep knn_top1@20`` works. Also reachable as ``python
         --scales 1 0.7071 0.5
     sop-visualize --model exports/sop_vits --image cat.jpg --output attention.png
 
-Models load with ``AutoModel.from_pretrained(model, trust_remote_code=True)`` (a pretraining checkpoint folder
-gives its teacher, or ``--which student``); the processor with ``AutoImageProcessor``, falling back to
-``SOPImageProcessor(size=config.image_size)``. Features are cached (see ``cache.py``) unless ``--no_cache``.
+Models load with ``AutoModel.from_pretrained(model)`` (a pretraining checkpoint folder of any method gives its
+teacher, or ``--which student``); code shipped in a model folder runs only with ``--trust_remote_code``. The
+processor loads with ``AutoImageProcessor``, falling back to the default evaluation transform. Features are cached (see ``cache.py``) unless ``--no_cache``.
 """
 
 import logging
@@ -33,6 +33,8 @@ from ..data.sources import DEBIAN_NAME, EMBEDDED_NAME, available_splits, load_im
 from ..model_card import METHODS, build_model_card, training_from_card
 from ..data.images import to_rgb_image
 from ..image_processing_sop import SOPImageProcessor
+from ..export import stock_image_processor
+from ..modeling_lineage import LineageForPreTraining
 from ..modeling_sop_pretraining import SOPForPreTraining
 from .cache import FeatureCache, cached_extract_features, hash_state_dict
 from .features import extract_features
@@ -52,6 +54,9 @@ class ModelArguments:
     model: str = field(metadata={"help": "Encoder folder or Hub id (SOP export, stock ViT, or SOP checkpoint)."})
     which: Literal["teacher", "student"] = field(
         default="teacher", metadata={"help": "For pretraining checkpoint folders: the encoder to evaluate."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped inside the model folder (only for folders you trust)."}
     )
     device: str | None = field(default=None, metadata={"help": "Default: cuda if available, else cpu."})
     dtype: Literal["fp32", "bf16", "fp16"] = field(
@@ -140,6 +145,9 @@ class VisualizeArguments:
     image: str = field(metadata={"help": "Image file to look at."})
     output: str = field(metadata={"help": "PNG to write."})
     which: Literal["teacher", "student"] = field(default="teacher", metadata={"help": "For checkpoint folders."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run code shipped inside the model folder (only for folders you trust)."}
+    )
     image_size: int | None = field(
         default=None, metadata={"help": "Resize the image to this side first (finer maps); default: the processor's."}
     )
@@ -148,27 +156,37 @@ class VisualizeArguments:
     )
 
 
-def load_encoder(model: str, which: str = "teacher", attn_implementation: str | None = None):
+PRETRAINING_ARCHITECTURES = {"SOPForPreTraining": SOPForPreTraining, "LineageForPreTraining": LineageForPreTraining}
+
+
+def load_encoder(
+    model: str, which: str = "teacher", attn_implementation: str | None = None, trust_remote_code: bool = False
+):
     """Load (encoder, image processor) from a folder or Hub id; see the module docstring.
 
     Args:
-        model: Encoder folder, SOP pretraining checkpoint folder or Hub id.
+        model: Encoder folder, pretraining checkpoint folder (SOP, MaSSL, CARP, CARL; ViT or ResNet) or Hub id.
         which: ``"teacher"`` or ``"student"`` of a pretraining checkpoint.
         attn_implementation: E.g. ``"eager"`` so that stock ViTs return attention weights (sop-visualize).
+        trust_remote_code: Run code shipped in the model folder (only when the user asked for it). Folders this
+            library exported load without it: their classes are registered when sop_hf is imported.
     """
     config_dict, _ = PretrainedConfig.get_config_dict(model)
-    if "SOPForPreTraining" in (config_dict.get("architectures") or []):
-        logger.info("%s is a pretraining checkpoint: evaluating its %s", model, which)
-        encoder = SOPForPreTraining.from_pretrained(model).export_encoder(which)
+    architectures = config_dict.get("architectures") or []
+    pretraining = next((PRETRAINING_ARCHITECTURES[a] for a in architectures if a in PRETRAINING_ARCHITECTURES), None)
+    if pretraining is not None:
+        logger.info("%s is a %s checkpoint: evaluating its %s", model, pretraining.__name__, which)
+        encoder = pretraining.from_pretrained(model).export_encoder(which)
     else:
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        encoder = AutoModel.from_pretrained(model, trust_remote_code=True, **extra)
+        encoder = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code, **extra)
     try:
-        processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         size = getattr(encoder.config, "image_size", 224)
-        logger.warning("no image processor in %s (%s); using SOPImageProcessor(size=%d)", model, error, size)
-        processor = SOPImageProcessor(size=size)
+        logger.warning("no image processor in %s (%s); using the default evaluation transform (size %d)", model,
+                       error, size)  # fmt: skip
+        processor = stock_image_processor(size)
     return encoder.eval(), processor
 
 
@@ -177,7 +195,7 @@ class _Session:
 
     def __init__(self, args: ModelArguments, data: DataArguments):
         self.args, self.data = args, data
-        self.model, self.processor = load_encoder(args.model, args.which)
+        self.model, self.processor = load_encoder(args.model, args.which, trust_remote_code=args.trust_remote_code)
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.cache = FeatureCache(args.cache_dir) if args.cache else None
@@ -430,7 +448,11 @@ def visualize_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     (args,) = _parse((VisualizeArguments,), "sop-visualize", VisualizeArguments.__doc__, argv)
     _setup_logging()
-    model, processor = load_encoder(args.model, args.which, attn_implementation="eager")
+    model, processor = load_encoder(args.model, args.which, attn_implementation="eager",
+                                    trust_remote_code=args.trust_remote_code)  # fmt: skip
+    if getattr(model.config, "model_type", None) == "resnet":
+        raise ValueError(f"{args.model} holds a convolutional encoder ({type(model).__name__}): it has no attention "
+                         "maps to show; sop-visualize needs a ViT encoder")  # fmt: skip
     if args.image_size is not None:
         processor = SOPImageProcessor(size=args.image_size, crop_pct=1.0, image_mean=processor.image_mean,
                                       image_std=processor.image_std)  # fmt: skip
