@@ -156,8 +156,10 @@ def test_save_load__round_trip(tmp_path, config, dtype):
     model.save_pretrained(tmp_path)
     loaded = SOPModel.from_pretrained(tmp_path)
     assert loaded.dtype == dtype and not loaded.training
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), name
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert list(original) == list(reloaded)
+    for name, value in original.items():
+        assert torch.equal(value, reloaded[name]), name
     images = torch.randn(2, 3, 32, 32, dtype=dtype)
     assert torch.equal(model(images).last_hidden_state, loaded(images).last_hidden_state)
     assert (tmp_path / "model.safetensors").exists()
