@@ -147,10 +147,10 @@ class SOPAttention(nn.Module):
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, Dh]
         implementation = getattr(self.config, "_attn_implementation", None) or "eager"
-        if output_attentions or implementation == "eager":
+        if output_attentions:  # probabilities exist only on the eager path
             attention = eager_attention_forward
         else:
-            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         context, weights = attention(self, query, key, value, None, scaling=self.scaling, dropout=0.0)
         context = context.reshape(batch_size, seq_len, hidden_size)  # [B, N, D]
         return self.proj(context), (weights if output_attentions else None)
