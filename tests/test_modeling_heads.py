@@ -33,6 +33,11 @@ def encoder_config(**overrides) -> SOPConfig:
     return tiny_config(use_mask_token=False, mim_loss_weight=0.0, drop_path_rate=0.0, **overrides)
 
 
+def _enable_checkpointing(model) -> None:
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
 @pytest.fixture
 def exported(tmp_path):
     """An exported SOPModel folder (weights, config with auto_map, remote code, image processor)."""
@@ -163,7 +168,7 @@ def test_classifier__batching_equivalence_and_gradient_checkpointing():
     model(images, labels=labels).loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.gradient_checkpointing_enable({"use_reentrant": False})
+    _enable_checkpointing(model)
     assert all(layer.gradient_checkpointing for layer in model.sop.layers)
     model(images, labels=labels).loss.backward()
     for name, param in model.named_parameters():
@@ -273,7 +278,7 @@ def test_backbone__gradient_checkpointing_same_gradients():
     sum(m.square().mean() for m in backbone(images).feature_maps).backward()
     grads = {n: p.grad.clone() for n, p in backbone.named_parameters()}
     backbone.zero_grad()
-    backbone.gradient_checkpointing_enable({"use_reentrant": False})
+    _enable_checkpointing(backbone)
     sum(m.square().mean() for m in backbone(images).feature_maps).backward()
     for name, param in backbone.named_parameters():
         torch.testing.assert_close(param.grad, grads[name], msg=name)
