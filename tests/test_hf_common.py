@@ -107,13 +107,15 @@ class SOPModelTester:
         self.type_sequence_label_size = type_sequence_label_size
         self.is_training = True
         self.seq_length = (image_size // patch_size) ** 2 + 1  # [CLS] + patches
+        self.mask_length = (image_size // patch_size) ** 2  # bool_masked_pos covers the patches only
+        self.num_masks = self.mask_length // 2
 
     def get_config(self) -> SOPConfig:
         return SOPConfig(
             image_size=self.image_size, patch_size=self.patch_size, num_channels=self.num_channels,
             hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads, intermediate_size=37, drop_path_rate=0.0,
-            use_mask_token=False, mim_loss_weight=0.0, num_labels=self.type_sequence_label_size,
+            use_mask_token=True, mim_loss_weight=0.0, num_labels=self.type_sequence_label_size,
             class_memory_size=64, num_anchors=8, num_support=3, patch_memory_size=32, num_patch_anchors=6,
         )  # fmt: skip
 
@@ -137,6 +139,36 @@ class SOPModelCommonTest(modeling_common.ModelTesterMixin, unittest.TestCase):
         self.config_tester = configuration_common.ConfigTester(
             self, config_class=SOPConfig, has_text_modality=False, hidden_size=48, num_attention_heads=4
         )
+
+    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
+        # transformers gives labels to the classes of its in-tree task mappings; ours are registered at runtime.
+        inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=return_labels)
+        if return_labels and model_class is SOPForImageClassification:
+            inputs_dict["labels"] = torch.zeros(self.model_tester.batch_size, dtype=torch.long)
+        return inputs_dict
+
+    def _only_the_classifier(self, test):
+        # The mixin skips base models and backbones by its in-tree mappings; only the classifier has a loss.
+        self.all_model_classes = (SOPForImageClassification,)
+        test()
+
+    def test_training(self):
+        self._only_the_classifier(super().test_training)
+
+    def test_training_gradient_checkpointing(self):
+        self._only_the_classifier(super().test_training_gradient_checkpointing)
+
+    def test_training_gradient_checkpointing_use_reentrant_false(self):
+        self._only_the_classifier(super().test_training_gradient_checkpointing_use_reentrant_false)
+
+    def test_training_gradient_checkpointing_use_reentrant_true(self):
+        self._only_the_classifier(super().test_training_gradient_checkpointing_use_reentrant_true)
+
+    def test_model_get_set_embeddings(self):
+        # Vision models expose the patch projection (as transformers' ViT test checks), not an nn.Embedding.
+        config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            self.assertIsInstance(model_class(config).get_input_embeddings(), torch.nn.Conv2d)
 
     def test_config(self):
         self.config_tester.run_common_tests()
