@@ -175,8 +175,11 @@ def test_save_encoder__writes_a_self_contained_folder(tmp_path):
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "configuration_sop.py",
             "modeling_sop.py", "README.md"} <= names  # fmt: skip
     config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"]["AutoConfig"] == "configuration_sop.SOPConfig"
-    assert config["auto_map"]["AutoModel"] == "modeling_sop.SOPModel"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_sop.SOPConfig", "AutoModel": "modeling_sop.SOPModel",
+        "AutoModelForImageClassification": "modeling_sop.SOPForImageClassification",
+        "AutoBackbone": "modeling_sop.SOPBackbone",
+    }  # fmt: skip
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     # a stock processor: no auto_map, so pipeline() never asks to run custom code for it
     assert processor["image_processor_type"] == "BitImageProcessor" and "auto_map" not in processor

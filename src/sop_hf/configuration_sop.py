@@ -15,6 +15,11 @@ import math
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+try:  # transformers >= 5 keeps the backbone helpers at the top level
+    from transformers.backbone_utils import BackboneConfigMixin
+except ImportError:  # pragma: no cover - older layout
+    from transformers.utils.backbone_utils import BackboneConfigMixin
+
 # Widths / depths / heads of the standard ViTs (patch 16, MLP ratio 4), as in DINO/iBOT/SOP.
 PRESETS: dict[str, dict] = {
     "vit_tiny": {"hidden_size": 192, "num_hidden_layers": 12, "num_attention_heads": 3},
@@ -24,7 +29,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class SOPConfig(PreTrainedConfig):
+class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of [`SOPModel`] (the ViT encoder) and [`SOPForPreTraining`] (heads, memory banks, SOP losses).
 
     Architecture (as ``ViTConfig``; a pre-norm DINO/iBOT ViT):
@@ -44,6 +49,14 @@ class SOPConfig(PreTrainedConfig):
         initializer_range: Std of the truncated-normal initialisation of weights and embeddings.
         use_mask_token: Create the learnable mask token that replaces masked patch embeddings (iBOT / SOP-MIM).
             Turn off when pretraining without SOP-MIM so that DDP sees no unused parameter.
+
+    Downstream heads (``SOPForImageClassification``, ``SOPBackbone``; none of them shapes an encoder weight):
+        classifier_mean_patch: Feed the classifier [CLS] concatenated with the mean patch token (2 x ``hidden_size``
+            inputs, as ``Dinov2ForImageClassification``) instead of [CLS] alone. Turn on for dense or fine-grained
+            labels where patch statistics help; a checkpoint's head only loads with the same setting.
+        out_features / out_indices: Stages whose feature maps ``SOPBackbone`` returns, by name (``"stem"`` is the
+            embedding output, ``"stageN"`` the output of block N) or by index into ``stage_names``; either one sets
+            the other. ``None`` (both) means the last block only. Passed as keyword arguments, read as properties.
 
     Projection head (one head for [CLS] and patch tokens):
         head_hidden_size: Hidden width of the MLP head (2048 in SOP/iBOT).
@@ -115,12 +128,26 @@ class SOPConfig(PreTrainedConfig):
     teacher_temp: float = 0.04
     teacher_patch_temp: float | None = None
 
+    classifier_mean_patch: bool = False
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
     def __post_init__(self, **kwargs):
+        kwargs.pop("stage_names", None)  # recomputed below from num_hidden_layers, never read back from a file
+        out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.teacher_patch_temp is None:
             self.teacher_patch_temp = self.teacher_temp
         self.validate_sizes()
+        if not isinstance(self.classifier_mean_patch, bool):
+            raise ValueError(f"SOPConfig.classifier_mean_patch must be a bool, got {self.classifier_mean_patch!r}")
+        # Backbone stages: the embeddings, then every block.
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(
+            out_features=list(out_features) if out_features is not None else self._out_features,
+            out_indices=list(out_indices) if out_indices is not None else self._out_indices,
+        )
         super().__post_init__(**kwargs)
 
     def validate_sizes(self) -> None:

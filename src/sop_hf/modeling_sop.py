@@ -23,9 +23,15 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_sop import SOPConfig
+
+try:  # transformers >= 5 keeps the backbone helpers at the top level
+    from transformers.backbone_utils import BackboneMixin
+except ImportError:  # pragma: no cover - older layout
+    from transformers.utils.backbone_utils import BackboneMixin
 
 
 def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -91,13 +97,46 @@ class SOPEmbeddings(nn.Module):
         return embeddings + pos.to(embeddings.dtype)
 
 
-class SOPAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection."""
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit softmax attention with the signature of transformers' attention interface.
 
-    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool):
+    query, key, value: [B, H, N, Dh]. Returns the context [B, N, H, Dh] and the probabilities [B, H, N, N]
+    (softmax in float32).
+    """
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scaling  # [B, H, N, N]
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    context = torch.matmul(weights, value).transpose(1, 2).contiguous()  # [B, N, H, Dh]
+    return context, weights
+
+
+class SOPAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection.
+
+    The kernel is ``config._attn_implementation``, looked up at every call in transformers' attention registry
+    (``"sdpa"`` by default, ``"eager"`` for the explicit path above; set it with ``attn_implementation=`` in
+    ``from_pretrained`` or ``model.set_attn_implementation``). Attention probabilities exist only on the eager path,
+    so a call asking for them runs eagerly whatever the setting.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, config: SOPConfig):
         super().__init__()
+        self.config = config  # read for the attention implementation only
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
@@ -107,15 +146,14 @@ class SOPAttention(nn.Module):
         batch_size, seq_len, hidden_size = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, Dh]
-        if output_attentions:
-            scores = (query * self.head_dim**-0.5) @ key.transpose(-2, -1)  # [B, H, N, N]
-            weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-            context = weights @ value
+        implementation = getattr(self.config, "_attn_implementation", None) or "eager"
+        if output_attentions:  # probabilities exist only on the eager path
+            attention = eager_attention_forward
         else:
-            weights = None
-            context = nn.functional.scaled_dot_product_attention(query, key, value)  # [B, H, N, Dh]
-        context = context.transpose(1, 2).reshape(batch_size, seq_len, hidden_size)
-        return self.proj(context), weights
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        context, weights = attention(self, query, key, value, None, scaling=self.scaling, dropout=0.0)
+        context = context.reshape(batch_size, seq_len, hidden_size)  # [B, N, D]
+        return self.proj(context), (weights if output_attentions else None)
 
 
 class SOPMLP(nn.Module):
@@ -141,11 +179,12 @@ class SOPLayer(GradientCheckpointingLayer):
         qkv_bias: bool,
         layer_norm_eps: float,
         drop_path_rate: float,
+        config: SOPConfig,
     ):
         super().__init__()
         self.drop_path_rate = drop_path_rate
         self.norm1 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.attention = SOPAttention(hidden_size, num_heads, qkv_bias)
+        self.attention = SOPAttention(hidden_size, num_heads, qkv_bias, config)
         self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.mlp = SOPMLP(hidden_size, intermediate_size, hidden_act)
 
@@ -190,6 +229,20 @@ class SOPPreTrainedModel(PreTrainedModel):
             )
         return (model, info) if wants_info else model
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` whose ``auto_map`` names every remote-code class of this file.
+
+        transformers records only the saved class; an exported encoder folder must also load as
+        ``AutoModelForImageClassification`` and ``AutoBackbone`` with ``trust_remote_code=True``.
+        """
+        if type(self)._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            for cls in (SOPModel, SOPForImageClassification, SOPBackbone):
+                if cls._auto_class is not None:
+                    auto_map[cls._auto_class] = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -213,36 +266,89 @@ class SOPPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.mask_token)
 
 
+def _build_encoder(model: nn.Module, config: SOPConfig, drop_path_rate: float, use_mask_token: bool) -> None:
+    """Give ``model`` the encoder's modules (``embeddings``, ``layers``, ``layernorm``) under the state-dict names
+    that ``SOPModel`` checkpoints use, so the backbone loads an exported encoder as is."""
+    model.embeddings = SOPEmbeddings(
+        config.image_size, config.patch_size, config.num_channels, config.hidden_size, use_mask_token
+    )
+    depth = config.num_hidden_layers
+    rates = [drop_path_rate * i / (depth - 1) if depth > 1 else drop_path_rate for i in range(depth)]  # 0 -> rate
+    model.layers = nn.ModuleList(
+        SOPLayer(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.hidden_act,
+            config.qkv_bias,
+            config.layer_norm_eps,
+            rates[i],
+            config,
+        )
+        for i in range(depth)
+    )
+    model.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
+def _run_encoder(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    bool_masked_pos: torch.Tensor | None,
+    output_hidden_states: bool,
+    output_attentions: bool,
+) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+    """Embeddings and blocks of ``model``. Returns the last block's output [B, 1 + L, D] (before the final norm), the
+    hidden states (embeddings, then every block) and the attention probabilities when requested."""
+    hidden_states = model.embeddings(pixel_values, bool_masked_pos)  # [B, 1 + L, D]
+    all_hidden = (hidden_states,) if output_hidden_states else None
+    all_attentions = () if output_attentions else None
+    for layer in model.layers:
+        hidden_states, weights = layer(hidden_states, output_attentions)
+        if output_hidden_states:
+            all_hidden = all_hidden + (hidden_states,)
+        if output_attentions:
+            all_attentions = all_attentions + (weights,)
+    return hidden_states, all_hidden, all_attentions
+
+
+def _resolve_flags(config: SOPConfig, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
+    """Call arguments win; ``None`` falls back to the config, as in transformers' own models."""
+    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    output_attentions = config.output_attentions if output_attentions is None else output_attentions
+    return_dict = config.return_dict if return_dict is None else return_dict
+    return bool(output_hidden_states), bool(output_attentions), bool(return_dict)
+
+
+def _pop_vit_kwargs(kwargs: dict, caller: str) -> None:
+    # Accepted for drop-in compatibility with ViTModel callers: this encoder always interpolates.
+    kwargs.pop("interpolate_pos_encoding", None)
+    if kwargs:
+        raise TypeError(f"{caller}.forward got unexpected arguments: {sorted(kwargs)}")
+
+
 class SOPModel(SOPPreTrainedModel):
     """The SOP ViT encoder. Returns all tokens after the final norm and the final [CLS] as ``pooler_output``.
+
+    Like transformers' ViT models it honours ``config.output_hidden_states`` / ``config.output_attentions`` (call
+    arguments override them), ``attn_implementation="sdpa" | "eager"`` and gradient checkpointing.
 
     Args:
         config: Architecture. ``drop_path_rate`` applies in training mode only; ``use_mask_token`` creates the iBOT
             mask token used when ``bool_masked_pos`` is passed.
+
+    >>> import torch
+    >>> from sop_hf import SOPConfig, SOPModel
+    >>> config = SOPConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    >>> out = SOPModel(config)(torch.randn(1, 3, 32, 32), output_hidden_states=True)
+    >>> len(out.hidden_states), tuple(out.hidden_states[-1].shape)
+    (3, (1, 17, 32))
     """
 
     def __init__(self, config: SOPConfig, drop_path_rate: float | None = None, use_mask_token: bool | None = None):
         super().__init__(config)
         rate = config.drop_path_rate if drop_path_rate is None else drop_path_rate
         mask_token = config.use_mask_token if use_mask_token is None else use_mask_token
-        self.embeddings = SOPEmbeddings(
-            config.image_size, config.patch_size, config.num_channels, config.hidden_size, mask_token
-        )
-        depth = config.num_hidden_layers
-        rates = [rate * i / (depth - 1) if depth > 1 else rate for i in range(depth)]  # linear ramp 0 -> rate
-        self.layers = nn.ModuleList(
-            SOPLayer(
-                config.hidden_size,
-                config.num_attention_heads,
-                config.intermediate_size,
-                config.hidden_act,
-                config.qkv_bias,
-                config.layer_norm_eps,
-                rates[i],
-            )
-            for i in range(depth)
-        )
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        _build_encoder(self, config, rate, mask_token)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -263,28 +369,19 @@ class SOPModel(SOPPreTrainedModel):
         Args:
             pixel_values: [B, C, H, W], H and W multiples of ``patch_size``.
             bool_masked_pos: [B, L] (L = H*W / patch_size**2); True replaces that patch embedding by the mask token.
-            output_hidden_states: Also return the embeddings and every block's output (before the final norm).
+            output_hidden_states: Also return the embeddings and every block's output (before the final norm);
+                ``None`` reads ``config.output_hidden_states``.
             output_attentions: Also return every block's attention probabilities [B, heads, 1 + L, 1 + L]
-                (computed explicitly instead of through SDPA).
+                (computed on the eager path for this call); ``None`` reads ``config.output_attentions``.
             return_dict: Return a ``BaseModelOutputWithPooling`` (default) or a tuple.
         """
-        # Accepted for drop-in compatibility with ViTModel callers: this encoder always interpolates.
-        kwargs.pop("interpolate_pos_encoding", None)
-        if kwargs:
-            raise TypeError(f"SOPModel.forward got unexpected arguments: {sorted(kwargs)}")
-        output_hidden_states = bool(output_hidden_states if output_hidden_states is not None else False)
-        output_attentions = bool(output_attentions if output_attentions is not None else False)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-
-        hidden_states = self.embeddings(pixel_values, bool_masked_pos)  # [B, 1 + L, D]
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, output_attentions)
-            if output_hidden_states:
-                all_hidden = all_hidden + (hidden_states,)
-            if output_attentions:
-                all_attentions = all_attentions + (weights,)
+        _pop_vit_kwargs(kwargs, type(self).__name__)
+        output_hidden_states, output_attentions, return_dict = _resolve_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
+        hidden_states, all_hidden, all_attentions = _run_encoder(
+            self, pixel_values, bool_masked_pos, output_hidden_states, output_attentions
+        )
         sequence_output = self.layernorm(hidden_states)  # [B, 1 + L, D]
         pooled_output = sequence_output[:, 0]  # [B, D]
         if not return_dict:
@@ -297,4 +394,139 @@ class SOPModel(SOPPreTrainedModel):
         )
 
 
-__all__ = ["SOPPreTrainedModel", "SOPModel"]
+class SOPForImageClassification(SOPPreTrainedModel):
+    """``SOPModel`` with a linear classifier on the final [CLS] token (optionally concatenated with the mean patch
+    token, ``config.classifier_mean_patch``, as ``Dinov2ForImageClassification``).
+
+    The encoder sits under ``sop`` (``base_model_prefix``), so ``from_pretrained`` on an exported ``SOPModel`` folder
+    loads the encoder and initialises only the classifier. ``labels`` give a loss chosen by ``config.problem_type``
+    (cross-entropy for integer labels with ``num_labels > 1``), as transformers' image classifiers. The encoder has
+    no mask token (fine-tuning never masks, and DDP would see an unused parameter).
+
+    >>> import torch
+    >>> from sop_hf import SOPConfig, SOPForImageClassification
+    >>> config = SOPConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                    num_labels=3)
+    >>> out = SOPForImageClassification(config)(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 2]))
+    >>> tuple(out.logits.shape), out.loss.ndim
+    ((2, 3), 0)
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"mask_token"]  # pretrained encoders may carry one; never used here
+
+    def __init__(self, config: SOPConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.sop = SOPModel(config, use_mask_token=False)
+        in_features = config.hidden_size * (2 if config.classifier_mean_patch else 1)
+        self.classifier = nn.Linear(in_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.sop.get_input_embeddings()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        """Classify images.
+
+        Args:
+            pixel_values: [B, C, H, W], H and W multiples of ``patch_size``.
+            labels: [B] class indices (or [B, num_labels] targets for regression / multi-label problems).
+            output_hidden_states, output_attentions, return_dict: As ``SOPModel.forward``.
+            interpolate_pos_encoding: Ignored (always interpolated); accepted as ViT's classifiers do.
+        """
+        if pixel_values is None:
+            raise ValueError("SOPForImageClassification needs pixel_values")
+        output_hidden_states, output_attentions, return_dict = _resolve_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
+        outputs = self.sop(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
+        )
+        tokens = outputs.last_hidden_state  # [B, 1 + L, D]
+        features = tokens[:, 0]
+        if self.config.classifier_mean_patch:
+            features = torch.cat([features, tokens[:, 1:].mean(dim=1)], dim=-1)  # [B, 2D]
+        logits = self.classifier(features)  # [B, num_labels]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels.to(logits.device), logits, self.config)
+        if not return_dict:
+            rest = tuple(v for v in (logits, outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) + rest) if loss is not None else rest
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class SOPBackbone(BackboneMixin, SOPPreTrainedModel):
+    """The encoder as a transformers backbone (``AutoBackbone``) for dense heads (DPT, Mask2Former, ...).
+
+    Stages are ``"stem"`` (the embeddings) and ``"stage1"``..``"stageN"`` (block outputs); ``config.out_features`` /
+    ``out_indices`` choose them. Every chosen stage goes through the final LayerNorm, drops [CLS] and is returned as
+    a feature map [B, hidden_size, H / patch_size, W / patch_size]. The modules carry ``SOPModel``'s names, so an
+    exported encoder folder loads without conversion.
+
+    >>> import torch
+    >>> from sop_hf import SOPBackbone, SOPConfig
+    >>> config = SOPConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    ...                    out_features=["stage1", "stage2"])
+    >>> maps = SOPBackbone(config)(torch.randn(1, 3, 32, 48)).feature_maps
+    >>> [tuple(m.shape) for m in maps]
+    [(1, 32, 4, 6), (1, 32, 4, 6)]
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"mask_token"]  # pretrained encoders may carry one; never used here
+
+    def __init__(self, config: SOPConfig):
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        _build_encoder(self, config, config.drop_path_rate, use_mask_token=False)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.projection
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        """Feature maps of the chosen stages.
+
+        Args:
+            pixel_values: [B, C, H, W], H and W multiples of ``patch_size``.
+            output_hidden_states: Also return every stage's tokens [B, 1 + L, D] (unnormalised).
+            output_attentions, return_dict: As ``SOPModel.forward``.
+        """
+        _pop_vit_kwargs(kwargs, type(self).__name__)
+        output_hidden_states, output_attentions, return_dict = _resolve_flags(
+            self.config, output_hidden_states, output_attentions, return_dict
+        )
+        _, hidden_states, attentions = _run_encoder(self, pixel_values, None, True, output_attentions)
+        batch_size, _, height, width = pixel_values.shape
+        grid_height, grid_width = height // self.config.patch_size, width // self.config.patch_size
+        feature_maps = ()
+        for stage, tokens in zip(self.stage_names, hidden_states):
+            if stage in self.out_features:
+                patches = self.layernorm(tokens)[:, 1:]  # [B, h*w, D]
+                feature_map = patches.reshape(batch_size, grid_height, grid_width, -1).permute(0, 3, 1, 2)
+                feature_maps += (feature_map.contiguous(),)  # [B, D, h, w]
+        hidden_states = hidden_states if output_hidden_states else None
+        if not return_dict:
+            return tuple(v for v in (feature_maps, hidden_states, attentions) if v is not None)
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=attentions)
+
+
+__all__ = ["SOPPreTrainedModel", "SOPModel", "SOPForImageClassification", "SOPBackbone"]
