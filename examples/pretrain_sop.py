@@ -31,6 +31,7 @@ from sop_hf.evaluation import extract_features, knn_top1
 from sop_hf.hub import build_model_card, default_image_processor, save_encoder
 from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
 from sop_hf.trainer.data import MultiCropDataArguments, build_train_dataset, build_collator
+from sop_hf.trainer.plots import uniform_reference
 from sop_hf.trainer.recipes import RECIPES, pop_recipe, recipe_argv
 
 logger = logging.getLogger("pretrain_sop")
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
     if train_dataset_stats:
         logger.info("skipped or converted images: %s", train_dataset_stats)
 
-    summary = {"train_loss": result.training_loss, "global_step": result.global_step}
+    summary = {"train_loss": result.training_loss, "global_step": result.global_step,
+               "train_runtime": result.metrics.get("train_runtime")}
     if not trainer.is_world_process_zero():
         return summary
     output_dir = training_args.output_dir
@@ -246,8 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
         eval_results.append({"task_type": "image-classification", "dataset_name": data_args.dataset_name,
                              "dataset_type": data_args.dataset_name, "metric_type": "accuracy",
                              "metric_name": f"k-NN top-1 (k={data_args.knn_k})", "metric_value": trained})  # fmt: skip
+    uniform_p, uniform_symbol = uniform_reference(config)
     plot_path = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"),
-                                     uniform_loss=math.log(num_prototypes) if num_prototypes else None)  # fmt: skip
+                                     method=model_args.method, num_prototypes=uniform_p,
+                                     prototype_symbol=uniform_symbol)  # fmt: skip
     training_info = {
         "dataset": data_args.dataset_name, "steps": result.global_step, "epochs": round(trainer.state.epoch or 0, 2),
         "global_batch_size": trainer.global_batch_size, "learning_rate": trainer.peak_learning_rate,
