@@ -186,3 +186,22 @@ def test_monitor__collapse_without_stop_only_warns(tmp_path):
     result = run_script(tmp_path, "--max_steps", 4, "--monitor", 2, "--collapse")
     assert result.stderr.count("Collapse indicators at step") == 2 and "training goes on" in result.stderr
     assert json.loads((tmp_path / "log_rank0.json").read_text())["global_step"] == 4
+
+
+# --- the demo's collapse, on the demo itself (minutes: marked slow) ----------------------------------------------
+
+
+def _demo_run(tmp_path, *flags):
+    from tests.test_examples import SCRIPT, run
+
+    return run([sys.executable, SCRIPT, "--max_steps", "100", "--monitor_steps", "50", "--monitor_samples", "500",
+                "--knn_eval", "false", "--save_strategy", "no", "--output_dir", str(tmp_path), *flags])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_monitor__warns_on_the_collapsing_demo_and_stays_quiet_on_the_koleo_demo(tmp_path):
+    # Without KoLeo and with the calibrated momentum 0.99 the demo's head output collapses within 100 steps.
+    collapsed = _demo_run(tmp_path / "plain", "--koleo_loss_weight", "0", "--momentum_teacher", "0.99")
+    assert "Collapse indicators at step 100" in collapsed.stderr and "support_similarity" in collapsed.stderr
+    healthy = _demo_run(tmp_path / "koleo")  # the demo recipe: KoLeo 0.1, momentum 0.95
+    assert "Collapse indicators" not in healthy.stderr

@@ -96,6 +96,8 @@ def plot_training_curves(
         column += 1
         for key in knn_keys:
             steps, values = series(key)
+            if random_init_knn is not None:  # the curve starts where training starts: the random-init encoder
+                steps, values = [0, *steps], [random_init_knn, *values]
             ax.plot(steps, [100 * v for v in values], marker="o", label=f"{name} encoder, {key}")
         if random_init_knn is not None:
             ax.axhline(100 * random_init_knn, color="black", linestyle="--", linewidth=1,
@@ -111,10 +113,10 @@ def plot_training_curves(
         for key in rank_keys:
             steps, values = series(key)
             ax.plot(steps, values, marker=".", label=f"effective rank: {labels[key]}")
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("effective rank (1 = one direction)")
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
         steps, values = series("support_similarity")
         if steps:
             twin = ax.twinx()
