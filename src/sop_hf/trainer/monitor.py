@@ -120,11 +120,14 @@ class TrainingMonitorCallback(TrainerCallback):
         min_effective_rank: Collapse below this effective rank of the backbone features (1 = all on a line).
         min_entropy_ratio: Collapse below this fraction of ``ln P``. The first log window of a run can dip to
             ~0.65 while the bank still holds its random initial keys; healthy runs then stay near 1.
-        min_head_rank: Collapse below this effective rank of the memory rows (of the head outputs for CARP/CARL,
-            which have no memory; the head outputs' rank depends on how varied the monitor images are, the memory's
-            on what training feeds the loss). 0 disables the check.
-        max_support_similarity: Collapse above this mean anchor-support cosine. Collapsed demo runs: 0.9999+; healthy
-            ones 0.8-0.98. 1 disables the check.
+        min_memory_rank: Collapse below this effective rank of the memory rows (SOP, MaSSL). Demo, 100 steps
+            without KoLeo: 7.0 at step 50, 4.8 at step 100 (3.5 and then 2.3 in a 500-step run); the demo recipe
+            (KoLeo 0.1): 8.8-9.4 from step 100 to 500. 0 disables the check.
+        min_head_rank: For CARP/CARL, which have no memory: collapse below this effective rank of the head outputs
+            of the monitor images (it depends on how varied those images are, so it only decides when there is no
+            memory). Demo without KoLeo: 2.2; with it: 6.9-9.4. 0 disables the check.
+        max_support_similarity: Collapse above this mean anchor-support cosine. Demo without KoLeo: 0.9989 at step
+            50, 0.9996 at step 100; with KoLeo 0.98 at step 100, then 0.95. 1 disables the check.
         head_samples: Memory images whose head outputs (and flips) feed the head indicators; 0 turns them off.
         stop_on_collapse: Stop training at the first collapse instead of only warning.
         batch_size, image_column, label_column: Passed to ``extract_features``.
@@ -142,7 +145,8 @@ class TrainingMonitorCallback(TrainerCallback):
         min_feature_spread: float = 0.01,
         min_effective_rank: float = 1.5,
         min_entropy_ratio: float = 0.3,
-        min_head_rank: float = 4.0,
+        min_memory_rank: float = 5.0,
+        min_head_rank: float = 3.0,
         max_support_similarity: float = 0.999,
         head_samples: int = 256,
         stop_on_collapse: bool = False,
@@ -171,7 +175,8 @@ class TrainingMonitorCallback(TrainerCallback):
         self.num_prototypes = num_prototypes
         self.min_feature_spread, self.min_effective_rank = min_feature_spread, min_effective_rank
         self.min_entropy_ratio = min_entropy_ratio
-        self.min_head_rank, self.max_support_similarity = min_head_rank, max_support_similarity
+        self.min_memory_rank, self.min_head_rank = min_memory_rank, min_head_rank
+        self.max_support_similarity = max_support_similarity
         self.head_samples = min(head_samples, len(memory_dataset))
         self.stop_on_collapse = stop_on_collapse
         self.extract_kwargs = {"batch_size": batch_size, "image_column": image_column, "label_column": label_column}
@@ -301,7 +306,7 @@ class TrainingMonitorCallback(TrainerCallback):
             ("feature_spread", self.min_feature_spread),
             ("effective_rank", self.min_effective_rank),
             ("teacher_entropy_ratio", self.min_entropy_ratio),
-            ("memory_rank", self.min_head_rank),
+            ("memory_rank", self.min_memory_rank),
         )
         if "memory_rank" not in metrics:  # CARP/CARL: no memory, so the head outputs of the monitor images decide
             minimums += (("head_rank", self.min_head_rank),)
