@@ -38,7 +38,8 @@ def test_recipe__parses_and_builds_its_config(name, tmp_path):
 PINNED = {
     "demo": [("model", "koleo_loss_weight", 0.1), ("training", "momentum_teacher", 0.95),
              ("training", "learning_rate", 3e-3), ("training", "max_steps", 500), ("model", "class_memory_size", 1024),
-             ("model", "num_anchors", 256), ("model", "num_support", 5), ("data", "num_local_crops", 0)],
+             ("model", "num_anchors", 256), ("model", "num_support", 5), ("data", "num_local_crops", 0),
+             ("model", "memory_size", 1024), ("model", "block_size", 256), ("model", "num_prototypes", 1024)],
     "vit_small_imagenet": [("model", "preset", "vit_small"), ("data", "global_crop_scale", (0.14, 1.0)),
                            ("data", "num_local_crops", 0), ("training", "learning_rate", 5e-4),
                            ("training", "momentum_teacher", 0.996), ("training", "weight_decay_end", 0.4),

@@ -35,13 +35,17 @@ _SOP_PAPER_BANK = dict(class_memory_size=65536, num_anchors=4096, num_support=9,
 
 RECIPES: dict[str, dict[str, dict]] = {
     # CPU calibration on Fashion-MNIST (model, bank, lr) plus KoLeo 0.1 and momentum 0.95 against the head-output
-    # collapse of short runs (docs/training.md, "Why the demo recipe is what it is").
+    # collapse of short runs (docs/training.md, "Why the demo recipe is what it is"). --method massl/carp/carl get
+    # sizes of the same scale as SOP's (1024-row memory, 256 anchors): a 1024-row MaSSL memory in blocks of 256,
+    # 1024 CARP prototypes in blocks of 256, 1024 CARL prototypes. Their paper sizes (65536 rows or prototypes)
+    # would not even fill, or be visited, in 500 steps of 128 images.
     "demo": {
         "model": dict(
             image_size=28, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
             intermediate_size=256, drop_path_rate=0.0, head_hidden_size=512, head_output_size=128,
             class_memory_size=1024, num_anchors=256, num_support=5, num_tasks=2, mim_loss_weight=0.0,
             use_mask_token=False, patch_memory_size=1024, num_patch_anchors=128, koleo_loss_weight=0.1,
+            memory_size=1024, block_size=256, num_prototypes=1024,
         ),  # fmt: skip
         "data": dict(
             dataset_name="embedded", global_crop_size=28, global_crop_scale=(0.3, 1.0), num_local_crops=0,
