@@ -27,7 +27,7 @@ import datasets
 import torch
 from transformers import HfArgumentParser, TrainerCallback, set_seed
 
-import sop_hf
+import sop_hf  # noqa: F401 - registers the SOP classes with the Auto* factories
 from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining
 from sop_hf.data.sources import available_splits, has_labels, load_image_dataset, random_subset
 from sop_hf.evaluation import extract_features, knn_top1
@@ -35,7 +35,8 @@ from sop_hf.hub import default_image_processor, push_run_to_hub, save_encoder
 from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
 from sop_hf.trainer.sop_trainer import last_complete_checkpoint
 from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset, build_collator
-from sop_hf.trainer.recipes import RECIPES, pop_recipe, recipe_argv
+from sop_hf.trainer.plots import uniform_reference
+from sop_hf.trainer.recipes import pop_recipe, recipe_argv
 
 logger = logging.getLogger("pretrain_sop")
 
@@ -456,7 +457,8 @@ def main(argv: list[str] | None = None) -> dict:
     if stats["images_converted"]:
         logger.info("%d training images converted to RGB (grayscale, palette, alpha ...)", stats["images_converted"])
 
-    summary = {"train_loss": train_metrics.get("train_loss"), "global_step": trainer.state.global_step, **stats,
+    summary = {"train_loss": train_metrics.get("train_loss"), "global_step": trainer.state.global_step,
+               "train_runtime": train_metrics.get("train_runtime"), **stats,
                "bad_files": bad_files}  # fmt: skip
     if not trainer.is_world_process_zero():
         return summary
@@ -464,8 +466,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. Write what the run produced (encoder, card, curves, results) before anything that can fail.
     output_dir = training_args.output_dir
     encoder = model.export_encoder(training_args.export_encoder)
+    uniform_p, uniform_symbol = uniform_reference(config)
     plot_path = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"),
-                                     uniform_loss=math.log(num_prototypes) if num_prototypes else None)  # fmt: skip
+                                     method=model_args.method, num_prototypes=uniform_p,
+                                     prototype_symbol=uniform_symbol)  # fmt: skip
     card_state["training"] = training_record(model_args, data_args, training_args, trainer, recipe)
 
     def write_outputs(eval_results=None) -> Path:

@@ -5,7 +5,6 @@ closed (a trust_remote_code prompt would fail them), with sop_hf and without it 
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

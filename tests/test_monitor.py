@@ -8,8 +8,21 @@ import pytest
 import torch
 from PIL import Image
 
-from sop_hf import SOPConfig, SOPImageProcessor, SOPModel
+from sop_hf import (
+    LineageConfig,
+    LineageForPreTraining,
+    SOPConfig,
+    SOPForPreTraining,
+    SOPImageProcessor,
+    SOPModel,
+)
 from sop_hf.trainer import TrainingMonitorCallback, effective_rank, feature_spread
+from sop_hf.trainer.monitor import (
+    agreement_and_kappa,
+    mean_entropy_ratio,
+    neighbour_similarity,
+)
+from sop_hf.trainer.plots import plot_training_curves, uniform_reference
 from tests.scripts.train_tiny import labelled_images
 from tests.test_trainer import run_script
 
@@ -39,6 +52,26 @@ def test_effective_rank__one_for_a_line_d_for_equal_singular_values():
     assert effective_rank(torch.zeros(10, 4)) == 1.0
 
 
+def test_neighbour_similarity__one_for_copies_zero_for_an_orthonormal_basis():
+    copies = torch.randn(1, 8).repeat(6, 1) * torch.arange(1, 7)[:, None]  # same direction, other norms
+    assert neighbour_similarity(copies, torch.arange(3), 2) == pytest.approx(1.0, abs=1e-6)
+    assert neighbour_similarity(torch.eye(8), torch.arange(8), 3) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mean_entropy_ratio__one_when_uniform_zero_when_one_hot():
+    assert mean_entropy_ratio(torch.full((5, 16), 1 / 16)) == pytest.approx(1.0)
+    assert mean_entropy_ratio(torch.eye(16)[:5]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_agreement_and_kappa__chance_corrected():
+    same = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    assert agreement_and_kappa(same, same, 4) == pytest.approx((1.0, 1.0))
+    constant = torch.zeros(8, dtype=torch.long)  # every image on one prototype: full agreement, nothing above chance
+    assert agreement_and_kappa(constant, constant, 4) == (1.0, 0.0)
+    shifted = (same + 1) % 4
+    assert agreement_and_kappa(same, shifted, 4) == pytest.approx((0.0, -1 / 3))
+
+
 def _monitor(**kwargs):
     return TrainingMonitorCallback(labelled_images(8, 1), labelled_images(4, 2), SOPImageProcessor(size=16), **kwargs)
 
@@ -65,6 +98,51 @@ def test_measure__a_nan_parameter_is_counted_and_skips_knn():
     broken = monitor.measure(encoder)
     assert broken["nonfinite_params"] == 1 and broken["nonfinite_features"] == 12  # one NaN feature per image
     assert "knn_top1@3" not in broken and monitor.collapse_reasons(broken)
+
+
+TINY_SOP = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                head_hidden_size=32, head_output_size=16, class_memory_size=64, num_anchors=8, num_support=3,
+                num_tasks=1, patch_memory_size=16, num_patch_anchors=4)  # fmt: skip
+
+
+def test_head_metrics__a_memory_of_copies_is_a_collapse_a_random_one_is_not():
+    model = SOPForPreTraining(SOPConfig(**TINY_SOP))
+    monitor = _monitor(k=3, head_samples=8)
+    healthy = monitor.measure(model)  # the bank still holds its random unit rows
+    assert healthy["memory_rank"] > 8 and healthy["support_similarity"] < 0.9
+    assert 0.0 <= healthy["image_entropy_ratio"] <= 1.0 and -1.0 <= healthy["view_kappa"] <= 1.0
+    assert not [r for r in monitor.collapse_reasons(healthy) if r.startswith(("memory_rank", "support_similarity"))]
+    with torch.no_grad():  # what the demo's bank looked like without KoLeo: rows that are copies of a few directions
+        directions = torch.nn.functional.normalize(torch.randn(2, 16), dim=1)
+        model.class_memory.rows.copy_(directions[torch.arange(64) % 2] + 1e-4 * torch.randn(64, 16))
+    collapsed = monitor.measure(model)
+    assert collapsed["memory_rank"] < 2.5 and collapsed["support_similarity"] > 0.999
+    assert collapsed["image_entropy_ratio"] > 0.45  # the targets can only tell two directions apart (ln 2 / ln 4)
+    reasons = monitor.collapse_reasons(collapsed)
+    assert any(r.startswith("memory_rank") for r in reasons) and any(r.startswith("support_similarity") for r in reasons)
+
+
+@pytest.mark.parametrize("method", ["massl", "carp", "carl"])
+def test_head_metrics__lineage_models(method):
+    sizes = dict(memory_size=64, block_size=16) if method == "massl" else dict(num_prototypes=32, block_size=8)
+    model = LineageForPreTraining(LineageConfig.for_method(method, **{**TINY_SOP, **sizes}))
+    metrics = _monitor(k=3, head_samples=8).measure(model)
+    assert ("memory_rank" in metrics) == (method == "massl")
+    for key in ("head_rank", "support_similarity", "image_entropy_ratio", "view_agreement", "view_kappa"):
+        assert math.isfinite(metrics[key]), key
+
+
+def test_plot__names_the_method_its_p_and_the_random_init_level(tmp_path):
+    history = [{"step": s, "loss": 5.0 - s / 100, "sop_loss": 5.0 - s / 100, "knn_top1@20": 0.5 + s / 1000,
+                "head_rank": 10.0, "memory_rank": 12.0, "effective_rank": 20.0, "support_similarity": 0.9}
+               for s in (10, 20, 30)]  # fmt: skip
+    history[0]["random_init_knn_top1@20"] = 0.46
+    config = LineageConfig.for_method("massl", **{**TINY_SOP, "memory_size": 64, "block_size": 16})
+    assert uniform_reference(config) == (16, "N_B") and uniform_reference(SOPConfig(**TINY_SOP)) == (4, "P'")
+    path = plot_training_curves(history, tmp_path / "c.png", method="massl", num_prototypes=16,
+                                prototype_symbol="N_B")  # fmt: skip
+    with Image.open(path) as png:
+        assert png.width > 2.5 * png.height  # loss, k-NN and collapse panels
 
 
 @pytest.mark.parametrize(
@@ -108,3 +186,22 @@ def test_monitor__collapse_without_stop_only_warns(tmp_path):
     result = run_script(tmp_path, "--max_steps", 4, "--monitor", 2, "--collapse")
     assert result.stderr.count("Collapse indicators at step") == 2 and "training goes on" in result.stderr
     assert json.loads((tmp_path / "log_rank0.json").read_text())["global_step"] == 4
+
+
+# --- the demo's collapse, on the demo itself (minutes: marked slow) ----------------------------------------------
+
+
+def _demo_run(tmp_path, *flags):
+    from tests.test_examples import SCRIPT, run
+
+    return run([sys.executable, SCRIPT, "--max_steps", "100", "--monitor_steps", "50", "--monitor_samples", "500",
+                "--knn_eval", "false", "--save_strategy", "no", "--output_dir", str(tmp_path), *flags])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_monitor__warns_on_the_collapsing_demo_and_stays_quiet_on_the_koleo_demo(tmp_path):
+    # Without KoLeo and with the calibrated momentum 0.99 the demo's head output collapses within 100 steps.
+    collapsed = _demo_run(tmp_path / "plain", "--koleo_loss_weight", "0", "--momentum_teacher", "0.99")
+    assert "Collapse indicators at step 100" in collapsed.stderr and "support_similarity" in collapsed.stderr
+    healthy = _demo_run(tmp_path / "koleo")  # the demo recipe: KoLeo 0.1, momentum 0.95
+    assert "Collapse indicators" not in healthy.stderr

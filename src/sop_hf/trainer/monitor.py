@@ -1,22 +1,42 @@
 """Training monitor: k-NN top-1 and collapse indicators every N optimizer steps, with a warning or a stop on collapse.
 
-``TrainingMonitorCallback`` runs the live teacher (or student) encoder over two small labelled datasets, a k-NN memory
-and a query set, and logs (through ``Trainer.log``, so the console, ``log_history``, TensorBoard/W&B and the final PNG
-all see them):
+``TrainingMonitorCallback`` runs the live teacher (or student) over two small labelled datasets, a k-NN memory and a
+query set, and logs (through ``Trainer.log``, so the console, ``log_history``, TensorBoard/W&B and the final PNG all
+see them):
 
 - ``knn_top1@<k>``: weighted k-NN top-1 (DINO protocol) of the queries against the memory, a fraction in [0, 1];
-- ``feature_spread``: ``sqrt(D) * mean_d std_n(z_nd)`` of the L2-normalised [CLS] features z: 1 for features spread
-  uniformly over the sphere, 0 when every image maps to the same point (complete collapse);
-- ``effective_rank``: ``exp(H(s / sum s))`` of the singular values s of the centred features (Roy & Vetterli, 2007),
-  in [1, min(N, D)]: 1 when all features lie on one line (dimensional collapse);
-- ``teacher_entropy_ratio``: the last logged entropy of the teacher's batch-mean prototype assignment divided by
-  ``ln P`` (1 = every prototype used equally, 0 = one prototype takes everything), when ``num_prototypes`` is given;
+  ``random_init_knn_top1@<k>`` is the same measure at step 0 (logged once, with the first row), the level a trained
+  encoder has to beat;
+- ``feature_spread``: ``sqrt(D) * mean_d std_n(z_nd)`` of the L2-normalised backbone [CLS] features z: 1 for features
+  spread uniformly over the sphere, 0 when every image maps to the same point (complete collapse);
+- ``effective_rank``: ``exp(H(s / sum s))`` of the singular values s of the centred backbone features (Roy & Vetterli,
+  2007), in [1, min(N, D)]: 1 when all features lie on one line;
+- ``teacher_entropy_ratio``: the last logged entropy of the teacher's *batch-mean* prototype assignment divided by
+  ``ln P`` (1 = every prototype used equally), when ``num_prototypes`` is given. It stays near 1 even when every
+  image gets the same near-uniform assignment, so it cannot see the collapse below;
 - ``nonfinite_features`` and ``nonfinite_params``: NaN/inf counts in the features and the encoder's parameters.
 
-Collapse means any non-finite value, or an indicator under its threshold. The monitor then logs a warning naming the
-indicator and, with ``stop_on_collapse=True``, stops training (``control.should_training_stop``; the Trainer then
-saves as its save strategy says). Every process computes the same numbers from the same data and weights, so every
-process takes the same decision without communication; keep both sets small (about 1000 images each).
+What the losses see is the projection-head output, not the backbone [CLS], and SOP-style methods can collapse there
+*dimensionally* while the backbone still looks healthy: the head maps every image to a few directions, the class
+memory fills with copies, every prototype's supports are copies of its anchor and every target becomes uniform. On
+the first ``head_samples`` memory images (and their horizontal flips) the monitor therefore also logs:
+
+- ``head_rank``: effective rank of the L2-normalised head outputs (1 = one direction, up to the head width);
+- ``memory_rank``: effective rank of the rows of the method's memory bank (SOP class memory, MaSSL memory);
+- ``support_similarity``: mean cosine between an anchor drawn from that memory and its ``E - 1`` nearest rows, i.e.
+  the supports of a SOP prototype (for CARP/CARL, which have no memory: between a head output and its nearest
+  outputs); 1 means the supports are copies of their anchor;
+- ``image_entropy_ratio``: mean *per-image* entropy of the teacher's assignment to this step's prototypes over
+  ``ln P`` (SOP: P' prototypes built from the memory as in training; MaSSL: a memory block; CARP: a prototype block;
+  CARL: all prototypes): near 1 means every target is uniform and teaches nothing;
+- ``view_agreement`` and ``view_kappa``: how often an image and its flip get the same most-likely prototype, and that
+  agreement above chance (Cohen's kappa: 0 when the agreement is what two unrelated images would reach).
+
+Collapse means any non-finite value, or an indicator past its threshold (``collapse_reasons`` names each one). The
+monitor then logs a warning naming the indicators and, with ``stop_on_collapse=True``, stops training
+(``control.should_training_stop``; the Trainer then saves as its save strategy says). Every process computes the same
+numbers from the same data, weights and seeded anchor draws, so every process takes the same decision without
+communication; keep both sets small (about 1000 images each).
 """
 
 import logging
@@ -26,10 +46,18 @@ import torch
 from torch.nn.functional import normalize
 from transformers import TrainerCallback
 
-from ..evaluation.features import extract_features
+from ..evaluation.features import extract_features, iter_processed_batches
 from ..evaluation.knn import knn_top1
+from ..losses import (
+    build_support_prototypes,
+    draw_anchor_indices,
+    prototype_assignments,
+)
 
 logger = logging.getLogger(__name__)
+
+MONITOR_SEED = 20250521  # anchor draws of the monitor: a fixed stream, the same on every process
+MAX_RANK_ROWS = 4096  # memory rows used for memory_rank / support_similarity (a seeded subset of larger banks)
 
 
 def feature_spread(features: torch.Tensor) -> float:
@@ -50,6 +78,30 @@ def effective_rank(features: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def neighbour_similarity(rows: torch.Tensor, queries: torch.Tensor, num_neighbours: int) -> float:
+    """Mean cosine between each query row of ``rows`` (indices [Q]) and its ``num_neighbours`` nearest other rows."""
+    z = normalize(rows.float(), dim=1)  # [N, d]
+    scores = z[queries] @ z.T  # [Q, N]
+    scores[torch.arange(len(queries)), queries] = float("-inf")  # a row is not its own neighbour
+    k = max(1, min(num_neighbours, z.shape[0] - 1))
+    return float(scores.topk(k, dim=1).values.mean())
+
+
+def mean_entropy_ratio(probs: torch.Tensor) -> float:
+    """Mean over rows of ``H(p_n) / ln P`` for [N, P] probabilities: 1 when every row is uniform."""
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)  # [N]
+    return float(entropy.mean() / math.log(probs.shape[1]))
+
+
+def agreement_and_kappa(first: torch.Tensor, second: torch.Tensor, num_classes: int) -> tuple[float, float]:
+    """Fraction of equal labels in two [N] label vectors, and Cohen's kappa (agreement above chance; 0 if no room)."""
+    agreement = float((first == second).float().mean())
+    chance = float((torch.bincount(first, minlength=num_classes).float() / len(first))
+                   @ (torch.bincount(second, minlength=num_classes).float() / len(second)))  # fmt: skip
+    kappa = 0.0 if chance >= 1.0 - 1e-9 else (agreement - chance) / (1.0 - chance)
+    return agreement, kappa
+
+
 class TrainingMonitorCallback(TrainerCallback):
     """Every ``every_n_steps`` optimizer steps (and at the last step), k-NN top-1 and collapse indicators.
 
@@ -65,9 +117,18 @@ class TrainingMonitorCallback(TrainerCallback):
             ``None`` leaves ``teacher_entropy_ratio`` out.
         min_feature_spread: Collapse below this spread. A random-init ViT already sits near 0.1-0.3 (its [CLS]
             features are similar for all images), a collapsed one under 0.01.
-        min_effective_rank: Collapse below this effective rank (1 = all features on a line).
+        min_effective_rank: Collapse below this effective rank of the backbone features (1 = all on a line).
         min_entropy_ratio: Collapse below this fraction of ``ln P``. The first log window of a run can dip to
             ~0.65 while the bank still holds its random initial keys; healthy runs then stay near 1.
+        min_memory_rank: Collapse below this effective rank of the memory rows (SOP, MaSSL). Demo, 100 steps
+            without KoLeo: 7.0 at step 50, 4.8 at step 100 (3.5 and then 2.3 in a 500-step run); the demo recipe
+            (KoLeo 0.1): 8.8-9.4 from step 100 to 500. 0 disables the check.
+        min_head_rank: For CARP/CARL, which have no memory: collapse below this effective rank of the head outputs
+            of the monitor images (it depends on how varied those images are, so it only decides when there is no
+            memory). Demo without KoLeo: 2.2; with it: 6.9-9.4. 0 disables the check.
+        max_support_similarity: Collapse above this mean anchor-support cosine. Demo without KoLeo: 0.9989 at step
+            50, 0.9996 at step 100; with KoLeo 0.98 at step 100, then 0.95. 1 disables the check.
+        head_samples: Memory images whose head outputs (and flips) feed the head indicators; 0 turns them off.
         stop_on_collapse: Stop training at the first collapse instead of only warning.
         batch_size, image_column, label_column: Passed to ``extract_features``.
     """
@@ -84,6 +145,10 @@ class TrainingMonitorCallback(TrainerCallback):
         min_feature_spread: float = 0.01,
         min_effective_rank: float = 1.5,
         min_entropy_ratio: float = 0.3,
+        min_memory_rank: float = 5.0,
+        min_head_rank: float = 3.0,
+        max_support_similarity: float = 0.999,
+        head_samples: int = 256,
         stop_on_collapse: bool = False,
         batch_size: int = 256,
         image_column: str = "image",
@@ -97,6 +162,8 @@ class TrainingMonitorCallback(TrainerCallback):
             raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
         if num_prototypes is not None and num_prototypes < 2:
             raise ValueError(f"num_prototypes must be >= 2 (ln P > 0), got {num_prototypes}")
+        if head_samples < 0 or head_samples == 1:
+            raise ValueError(f"head_samples must be 0 (off) or >= 2, got {head_samples}")
         for name, dataset in (("memory_dataset", memory_dataset), ("query_dataset", query_dataset)):
             if label_column not in getattr(dataset, "column_names", ()):
                 raise ValueError(f"{name} needs a {label_column!r} column (integer labels) for the k-NN monitor")
@@ -108,18 +175,103 @@ class TrainingMonitorCallback(TrainerCallback):
         self.num_prototypes = num_prototypes
         self.min_feature_spread, self.min_effective_rank = min_feature_spread, min_effective_rank
         self.min_entropy_ratio = min_entropy_ratio
+        self.min_memory_rank, self.min_head_rank = min_memory_rank, min_head_rank
+        self.max_support_similarity = max_support_similarity
+        self.head_samples = min(head_samples, len(memory_dataset))
         self.stop_on_collapse = stop_on_collapse
         self.extract_kwargs = {"batch_size": batch_size, "image_column": image_column, "label_column": label_column}
         self.last_teacher_entropy: float | None = None
         self.collapsed_at: int | None = None  # first step a collapse was seen
+        self.random_init_knn: float | None = None  # k-NN top-1 at step 0
         self._pending: dict[str, float] = {}
+        self._head_pixels: torch.Tensor | None = None  # [2 * head_samples, C, H, W]: images, then their flips
 
     # --- measurement ---------------------------------------------------------------------------------------------
     def _encoder(self, model) -> torch.nn.Module:
         return model.backbone(self.which) if hasattr(model, "backbone") else model
 
+    def _head_inputs(self) -> torch.Tensor:
+        if self._head_pixels is None:
+            subset = self.memory_dataset.select(range(self.head_samples))
+            batches, _ = iter_processed_batches(subset, self.image_processor, self.extract_kwargs["batch_size"],
+                                                self.extract_kwargs["image_column"], label_column=None)  # fmt: skip
+            pixels = torch.cat([batch["pixel_values"] for batch in batches])  # [n, C, H, W]
+            self._head_pixels = torch.cat((pixels, pixels.flip(-1)))
+        return self._head_pixels
+
+    def _head_outputs(self, model) -> torch.Tensor:
+        """[2n, d] L2-normalised head outputs of the monitor images and their flips (teacher or student)."""
+        encoder = self._encoder(model)
+        head = model.teacher_head if self.which == "teacher" else model.head
+        modules = (encoder, head)
+        modes = [m.training for m in modules]
+        for module in modules:
+            module.eval()
+        try:
+            device = next(encoder.parameters()).device
+            outputs = []
+            for pixels in self._head_inputs().split(self.extract_kwargs["batch_size"]):
+                pooled = encoder(pixels.to(device)).pooler_output.flatten(1)  # [b, D] ([CLS] or average pool)
+                outputs.append(head(pooled).float())  # [b, d]
+        finally:
+            for module, mode in zip(modules, modes):
+                module.train(mode)
+        return torch.cat(outputs)
+
+    def _prototype_probs(self, model, raw: torch.Tensor, teacher_temp: float, generator) -> tuple[torch.Tensor, dict]:
+        """[N, P] assignments of the head outputs ``raw`` [N, d] to this check's prototypes, and memory metrics."""
+        config, metrics = model.config, {}
+        z = normalize(raw, dim=1)
+        memory_bank = getattr(model, "class_memory", getattr(model, "memory", None))
+        if memory_bank is not None:  # SOP class memory or MaSSL memory
+            memory = memory_bank.read().float()  # [K, d]
+            rows = memory
+            if rows.shape[0] > MAX_RANK_ROWS:
+                rows = rows[torch.randperm(rows.shape[0], generator=generator)[:MAX_RANK_ROWS].to(rows.device)]
+            metrics["memory_rank"] = round(effective_rank(rows), 4)
+        if hasattr(model, "class_memory"):  # SOP: the training's prototypes (anchors + supports, votes)
+            kept, dropped = draw_anchor_indices(memory.shape[0], config.num_anchors, config.num_kept_anchors,
+                                                generator, memory.device)  # fmt: skip
+            protos = build_support_prototypes(memory, kept, config.num_support, config.vote_smoothing,
+                                              exclude_idx=dropped)  # fmt: skip
+            if protos.num_support > 1:
+                metrics["support_similarity"] = round(float(protos.votes[:, :-1].mean()), 6)
+            return prototype_assignments(z.to(memory.device), protos, teacher_temp), metrics
+        if memory_bank is not None:  # MaSSL: one memory block
+            queries = torch.randperm(rows.shape[0], generator=generator)[:256].to(rows.device)
+            metrics["support_similarity"] = round(neighbour_similarity(rows, queries, config.num_support - 1), 6)
+            block = torch.randperm(memory.shape[0], generator=generator)[: config.block_size].to(memory.device)
+            return (z.to(memory.device) @ memory[block].T / teacher_temp).softmax(-1), metrics
+        # CARP / CARL: learnable prototypes, one block (CARP) or all of them (CARL); no temperature
+        queries = torch.arange(z.shape[0] // 2, device=z.device)
+        metrics["support_similarity"] = round(neighbour_similarity(z, queries, config.num_support - 1), 6)
+        layer = model.teacher_prototypes if self.which == "teacher" else model.prototypes
+        logits = layer(raw.to(layer.weight.device)).float()  # [N, K]
+        if config.block_size < logits.shape[1]:
+            block = torch.randperm(logits.shape[1], generator=generator)[: config.block_size].to(logits.device)
+            logits = logits[:, block]
+        return logits.softmax(-1), metrics
+
     @torch.no_grad()
-    def measure(self, model) -> dict[str, float]:
+    def head_metrics(self, model, teacher_temp: float = 0.04, step: int = 0) -> dict[str, float]:
+        """Head-output indicators of a pretraining model (empty for a bare encoder or ``head_samples=0``)."""
+        if self.head_samples < 2 or not hasattr(model, "teacher_head"):
+            return {}
+        raw = self._head_outputs(model)  # [2n, d]
+        z = normalize(raw, dim=1)
+        n = z.shape[0] // 2
+        metrics = {"head_rank": round(effective_rank(z[:n]), 4)}
+        generator = torch.Generator().manual_seed(MONITOR_SEED + step)
+        probs, memory_metrics = self._prototype_probs(model, raw, teacher_temp, generator)  # [2n, P]
+        metrics.update(memory_metrics)
+        metrics["image_entropy_ratio"] = round(mean_entropy_ratio(probs[:n].double()), 6)
+        labels = probs.argmax(dim=1).cpu()
+        agreement, kappa = agreement_and_kappa(labels[:n], labels[n:], probs.shape[1])
+        metrics["view_agreement"], metrics["view_kappa"] = round(agreement, 6), round(kappa, 6)
+        return metrics
+
+    @torch.no_grad()
+    def measure(self, model, teacher_temp: float = 0.04, step: int = 0) -> dict[str, float]:
         """The monitor's metrics for ``model`` (a pretraining model or a bare encoder) now."""
         encoder = self._encoder(model)
         memory_x, memory_y = extract_features(encoder, self.memory_dataset, self.image_processor, progress=False,
@@ -137,6 +289,7 @@ class TrainingMonitorCallback(TrainerCallback):
             metrics[f"knn_top1@{self.k}"] = round(accuracy, 6)
             metrics["feature_spread"] = round(feature_spread(features), 6)
             metrics["effective_rank"] = round(effective_rank(features), 4)
+            metrics.update(self.head_metrics(model, teacher_temp, step))
         if self.num_prototypes is not None and self.last_teacher_entropy is not None:
             ratio = self.last_teacher_entropy / math.log(self.num_prototypes)
             metrics["teacher_entropy_ratio"] = round(ratio, 6)
@@ -149,25 +302,43 @@ class TrainingMonitorCallback(TrainerCallback):
             reasons.append(
                 f"non-finite values (features {metrics['nonfinite_features']}, params {metrics['nonfinite_params']})"
             )
-        checks = (
+        minimums = (
             ("feature_spread", self.min_feature_spread),
             ("effective_rank", self.min_effective_rank),
             ("teacher_entropy_ratio", self.min_entropy_ratio),
+            ("memory_rank", self.min_memory_rank),
         )
-        for key, threshold in checks:
+        if "memory_rank" not in metrics:  # CARP/CARL: no memory, so the head outputs of the monitor images decide
+            minimums += (("head_rank", self.min_head_rank),)
+        for key, threshold in minimums:
             if key in metrics and metrics[key] < threshold:
                 reasons.append(f"{key} {metrics[key]:.4g} < {threshold:g}")
+        if metrics.get("support_similarity", 0.0) > self.max_support_similarity:
+            reasons.append(f"support_similarity {metrics['support_similarity']:.6g} > {self.max_support_similarity:g}")
         return reasons
 
     # --- Trainer events ------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None or state.global_step != 0:  # a resumed run has no random-init level to measure
+            return control
+        encoder = self._encoder(model)
+        memory_x, memory_y = extract_features(encoder, self.memory_dataset, self.image_processor, progress=False,
+                                              **self.extract_kwargs)  # fmt: skip
+        query_x, query_y = extract_features(encoder, self.query_dataset, self.image_processor, progress=False,
+                                            **self.extract_kwargs)  # fmt: skip
+        if torch.isfinite(memory_x).all() and torch.isfinite(query_x).all():
+            self.random_init_knn = knn_top1(memory_x, memory_y, query_x, query_y, ks=(self.k,))[self.k]
+            self._pending[f"random_init_knn_top1@{self.k}"] = round(self.random_init_knn, 6)
+        return control
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if model is None or not (step % self.every_n_steps == 0 or step == state.max_steps):
             return control
-        metrics = self.measure(model)
+        metrics = self.measure(model, getattr(args, "teacher_temp", 0.04), step)
         reasons = self.collapse_reasons(metrics)
         metrics["collapse"] = int(bool(reasons))
-        self._pending = metrics
+        self._pending.update(metrics)
         control.should_log = True
         if reasons:
             self.collapsed_at = step if self.collapsed_at is None else self.collapsed_at

@@ -1,16 +1,60 @@
 """Training curves as a PNG (matplotlib's Agg backend: no display, no browser).
 
-``plot_training_curves(log_history, path)`` draws the total, SOP and SOP-MIM losses against the optimizer step, with
-``ln P'`` as the collapse reference when given, and the k-NN top-1 curve on a second panel when the history has one.
+``plot_training_curves(log_history, path, method=..., num_prototypes=...)`` answers "is it learning?" in up to three
+panels against the optimizer step:
+
+1. the losses, with the loss of uniform targets (``ln P`` of the method's own P) as the no-learning reference;
+2. the monitor's k-NN top-1, with the random-init level (``random_init_knn_top1@k`` in the history, or the
+   ``random_init_knn`` argument) as a dashed line: a curve that stays on it has learnt nothing;
+3. the collapse indicators: effective rank of the head outputs and of the memory (1 = every embedding on one line),
+   the backbone's effective rank, and the mean anchor-support cosine (1 = supports are copies of their anchor).
+
+``uniform_reference(config)`` gives the method's P and its name for the reference line of panel 1.
 """
 
+import math
 from pathlib import Path
+
+METHOD_TITLES = {"sop": "SOP", "massl": "MaSSL", "carp": "CARP", "carl": "CARL"}
+LOSS_LABELS = {"sop": "SOP [CLS] loss", "massl": "MaSSL loss", "carp": "CARP loss", "carl": "CARL loss"}
+
+
+def uniform_reference(config) -> tuple[int, str]:
+    """(P, symbol) of the cross-entropy a method reaches when every target is uniform: ``ln P``.
+
+    SOP: the P' prototypes kept per task; MaSSL: a memory block N_B; CARP: a prototype block N_B; CARL: all K
+    prototypes.
+    """
+    method = getattr(config, "method", "sop")
+    if method == "sop":
+        return config.num_kept_anchors, "P'"
+    if method == "carl":
+        return config.num_prototypes, "K"
+    return config.block_size, "N_B"
 
 
 def plot_training_curves(
-    log_history: list[dict], path: str | Path, uniform_loss: float | None = None, title: str | None = None
+    log_history: list[dict],
+    path: str | Path,
+    uniform_loss: float | None = None,
+    title: str | None = None,
+    method: str = "sop",
+    num_prototypes: int | None = None,
+    prototype_symbol: str = "P'",
+    random_init_knn: float | None = None,
 ) -> Path:
-    """Write the curves of ``trainer.state.log_history`` to ``path`` (PNG) and return the path."""
+    """Write the curves of ``trainer.state.log_history`` to ``path`` (PNG) and return the path.
+
+    Args:
+        log_history: ``trainer.state.log_history``.
+        path: The PNG to write.
+        uniform_loss: Loss of uniform targets; default ``ln num_prototypes`` when that is given.
+        title: Title of the loss panel (default "<METHOD> pretraining").
+        method: "sop", "massl", "carp" or "carl": names the titles and the loss curve.
+        num_prototypes, prototype_symbol: The method's P and its symbol (see ``uniform_reference``).
+        random_init_knn: k-NN top-1 (a fraction) of the random-init encoder on the monitor's sets; default: the
+            ``random_init_knn_top1@k`` value the monitor logged.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,31 +64,68 @@ def plot_training_curves(
         points = [(row["step"], row[key]) for row in log_history if key in row and "step" in row]
         return [p[0] for p in points], [p[1] for p in points]
 
+    name = METHOD_TITLES.get(method, method)
+    if uniform_loss is None and num_prototypes:
+        uniform_loss = math.log(num_prototypes)
     knn_keys = sorted({k for row in log_history for k in row if k.startswith("knn_top1")})
-    panels = 2 if knn_keys else 1
-    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.2), squeeze=False)
+    init_keys = sorted({k for row in log_history for k in row if k.startswith("random_init_knn_top1")})
+    if random_init_knn is None and init_keys:
+        random_init_knn = next(row[init_keys[0]] for row in log_history if init_keys[0] in row)
+    rank_keys = [k for k in ("head_rank", "memory_rank", "effective_rank") if any(k in row for row in log_history)]
+    panels = 1 + bool(knn_keys) + bool(rank_keys)
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.2), squeeze=False)
     ax = axes[0, 0]
-    for key, label in (("loss", "total loss"), ("sop_loss", "SOP [CLS] loss"), ("mim_loss", "SOP-MIM patch loss")):
+    loss_labels = (("loss", "total loss"), ("sop_loss", LOSS_LABELS.get(method, f"{name} loss")),
+                   ("mim_loss", "SOP-MIM patch loss"))  # fmt: skip
+    for key, label in loss_labels:
         steps, values = series(key)
-        if steps:
+        if steps and not (key == "sop_loss" and method != "sop" and series("loss")[1] == values):
             ax.plot(steps, values, label=label, linewidth=1.4)
     if uniform_loss is not None:
-        ax.axhline(uniform_loss, color="grey", linestyle="--", linewidth=1, label="ln P' (uniform / collapse)")
+        p_text = f" = ln {num_prototypes}" if num_prototypes else ""
+        ax.axhline(uniform_loss, color="grey", linestyle="--", linewidth=1,
+                   label=f"ln {prototype_symbol}{p_text}: uniform targets ({name})")  # fmt: skip
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title or "SOP pretraining")
+    ax.set_title(title or f"{name} pretraining")
+    column = 1
     if knn_keys:
-        ax = axes[0, 1]
+        ax = axes[0, column]
+        column += 1
         for key in knn_keys:
             steps, values = series(key)
-            ax.plot(steps, [100 * v for v in values], marker="o", label=key)
+            if random_init_knn is not None:  # the curve starts where training starts: the random-init encoder
+                steps, values = [0, *steps], [random_init_knn, *values]
+            ax.plot(steps, [100 * v for v in values], marker="o", label=f"{name} encoder, {key}")
+        if random_init_knn is not None:
+            ax.axhline(100 * random_init_knn, color="black", linestyle="--", linewidth=1,
+                       label=f"random init ({100 * random_init_knn:.1f}%)")  # fmt: skip
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("k-NN top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title("k-NN monitor")
+        ax.set_title(f"{name}: k-NN monitor (is it learning?)")
+    if rank_keys:
+        ax = axes[0, column]
+        labels = {"head_rank": "head output", "memory_rank": "memory rows", "effective_rank": "backbone [CLS]"}
+        for key in rank_keys:
+            steps, values = series(key)
+            ax.plot(steps, values, marker=".", label=f"effective rank: {labels[key]}")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("effective rank (1 = one direction)")
+        ax.grid(alpha=0.3)
+        steps, values = series("support_similarity")
+        if steps:
+            twin = ax.twinx()
+            twin.plot(steps, values, color="tab:red", linestyle=":", marker="x", label="support-anchor cosine")
+            twin.set_ylim(0, 1.02)
+            twin.set_ylabel("support-anchor cosine (1 = copies)")
+            twin.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower left")
+        ax.set_title(f"{name}: collapse indicators")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

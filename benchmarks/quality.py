@@ -1,0 +1,86 @@
+"""Quality over seeds: k-NN gain of a trained encoder over the same architecture at random init, mean and spread.
+
+    python benchmarks/quality.py                                   # the demo (embedded set), seeds 0 1 2
+    python benchmarks/quality.py --setting gate                    # the CI gate's run (full Fashion-MNIST)
+    python benchmarks/quality.py --method massl --seeds 0          # a lineage method at the demo budget
+    python benchmarks/quality.py -- --koleo_loss_weight 0          # anything after -- goes to the training script
+
+Runs ``examples/pretrain_sop.py`` once per seed, one run at a time (each run uses every core), reads each run's
+``results.json`` and prints a table (seed, random init, trained, gain, training time) with the mean and the spread
+(sample standard deviation, and min-max) of the gain; ``--json PATH`` also writes them. The gate setting is exactly
+the run of ``tests/test_quality.py``.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "examples" / "pretrain_sop.py"
+
+SETTINGS = {
+    # README command 1: the demo recipe, embedded 4,000-image train split, k-NN on its test split.
+    "demo": [],
+    # tests/test_quality.py: full Fashion-MNIST, first 10k train / 10k test images for the k-NN.
+    "gate": ["--dataset_name", "fashion_mnist_debian", "--class_memory_size", "4096", "--max_steps", "1450",
+             "--warmup_steps", "145", "--save_strategy", "no", "--max_eval_samples", "10000"],
+}  # fmt: skip
+
+
+def run_seed(setting: str, method: str, seed: int, extra: list[str], output_dir: Path) -> dict:
+    cmd = [sys.executable, str(SCRIPT), *SETTINGS[setting], "--method", method, "--seed", str(seed),
+           "--output_dir", str(output_dir), "--disable_tqdm", "true", "--save_strategy", "no", *extra]  # fmt: skip
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"seed {seed} failed:\n{result.stderr[-3000:]}")
+    summary = json.loads((output_dir / "results.json").read_text())
+    return {"seed": seed, "random_init": summary["knn_top1_random_init"], "trained": summary["knn_top1_trained"],
+            "gain": summary["knn_top1_trained"] - summary["knn_top1_random_init"],
+            "train_runtime_s": summary.get("train_runtime"), "wall_s": wall}  # fmt: skip
+
+
+def describe(rows: list[dict]) -> dict:
+    gains = [100 * r["gain"] for r in rows]
+    return {"mean_gain_points": statistics.fmean(gains), "std_gain_points": statistics.stdev(gains) if len(gains) > 1
+            else 0.0, "min_gain_points": min(gains), "max_gain_points": max(gains),
+            "median_gain_points": statistics.median(gains)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="demo")
+    parser.add_argument("--method", default="sop", choices=("sop", "massl", "carp", "carl"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--output_dir", default=None, help="Keep each run under OUTPUT_DIR/seed<N> (default: temp).")
+    parser.add_argument("--json", default=None, help="Also write the rows and the summary to this file.")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(args.output_dir or scratch)
+        for seed in args.seeds:
+            row = run_seed(args.setting, args.method, seed, extra, base / f"seed{seed}")
+            rows.append(row)
+            print(f"seed {seed}: random init {100 * row['random_init']:.1f}%  trained {100 * row['trained']:.1f}%  "
+                  f"gain {100 * row['gain']:+.1f} points  (training {row['train_runtime_s'] or 0:.0f} s, run "
+                  f"{row['wall_s']:.0f} s)", flush=True)  # fmt: skip
+    summary = {"setting": args.setting, "method": args.method, "extra": extra, "rows": rows, **describe(rows)}
+    print(f"{args.method} / {args.setting}, {len(rows)} seeds: gain {summary['mean_gain_points']:+.1f} "
+          f"+- {summary['std_gain_points']:.1f} points (min {summary['min_gain_points']:+.1f}, "
+          f"max {summary['max_gain_points']:+.1f})")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
