@@ -79,7 +79,8 @@ def test_help__explains_the_knobs():
 import pytest  # noqa: E402
 
 
-@pytest.mark.parametrize("method", ["massl", "carp", "carl"])
+@pytest.mark.parametrize("method", [pytest.param("massl", marks=pytest.mark.slow), "carp",
+                                    pytest.param("carl", marks=pytest.mark.slow)])  # carp in the default run
 def test_lineage_methods__short_end_to_end_run_exports_a_loadable_encoder(method, tmp_path):
     out = tmp_path / method
     run([sys.executable, SCRIPT, "--method", method, "--max_steps", "3", "--logging_steps", "1", "--knn_eval", "false",
