@@ -1,6 +1,6 @@
 """Quality gate on real data: SOP pretraining must beat a random encoder on Fashion-MNIST k-NN.
 
-Marked ``quality`` (about 10 minutes on 2 idle CPU cores); CI runs it after the default suite with
+Marked ``quality`` (about 20 minutes on 2 idle CPU cores); CI runs it after the default suite with
 ``python -m pytest -m quality``. Needs Debian's ``dataset-fashion-mnist`` (``.ci/run`` installs it); without it the
 test fails with the install command, on every machine (it only runs when selected with ``-m quality``).
 ``python benchmarks/quality.py --setting gate`` runs the same command for 3 seeds and reports mean and spread.
@@ -12,9 +12,10 @@ not see a collapse.
 
 History: before KoLeo and momentum 0.95 joined the demo recipe, this run gained +7.3 points (seed 0, 50.1 -> 57.5 %)
 and 1000-step runs +3.0 to +8.7 depending on the seed, with the head output collapsed onto a few directions; the
-gate was +3 points. The demo recipe now gains +16.5 and +17.5 points on the embedded set (seeds 0 and 1, 500 steps).
-The gate run with the new recipe has not been measured on an idle machine yet, so the margin stays at +3 until
-``benchmarks/quality.py --setting gate`` gives mean and spread; the target is +15.
+gate was +3 points. With the demo recipe, seed 0 gains +18.1 points (50.4 -> 68.6 %, measured 2026-11-29 with this
+exact command; the run is deterministic for a given machine type and versions), so the gate is +15 points again.
+Last 5 losses 3.20 against a 4.17 peak; second-half teacher entropy 4.70 >= 0.9 ln P' = 4.37; no collapse warning.
+The run took 40 CPU-minutes (31 minutes of wall time on 2 shared cores).
 """
 
 import json
@@ -29,7 +30,7 @@ from sop_hf.data.sources import DEBIAN_FASHION_MNIST_DIR
 
 ROOT = Path(__file__).parent.parent
 STEPS = 1450
-MARGIN = 0.03
+MARGIN = 0.15
 
 
 @pytest.mark.quality
@@ -42,7 +43,7 @@ def test_sop_beats_random_init_on_fashion_mnist(tmp_path):
            "--max_steps", str(STEPS), "--warmup_steps", str(STEPS // 10), "--save_strategy", "no", "--seed", "0",
            "--max_eval_samples", "10000", "--output_dir", str(tmp_path), "--disable_tqdm", "true",
            "--monitor_steps", "290"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600)
     assert result.returncode == 0, result.stderr[-5000:]
     summary = json.loads((tmp_path / "results.json").read_text())
     trained, random_init = summary["knn_top1_trained"], summary["knn_top1_random_init"]
