@@ -88,13 +88,15 @@ def test_short_last_batch__41_images_at_batch_4_two_epochs(tmp_path):
 def test_main_job__two_processes_corrupt_image_two_epochs_exports(tmp_path):
     data = write_folder(tmp_path / "data", 100, corrupt="broken.png")  # 1 bad of 101: under 1 %
     out = tmp_path / "out"
-    run(LAUNCH_2 + [EXAMPLE, "--use_cpu", "--dataset_name", data, "--num_train_epochs", 2, "--max_steps", -1,
+    result = run(LAUNCH_2 + [EXAMPLE, "--use_cpu", "--dataset_name", data, "--num_train_epochs", 2, "--max_steps", -1,
                     "--per_device_train_batch_size", 16, "--knn_eval", "false", "--monitor_steps", 0,
                     "--output_dir", out, "--save_strategy", "epoch", "--logging_steps", 1])  # fmt: skip
     summary = json.loads((out / "results.json").read_text())
     assert summary["global_step"] == 6 and summary["bad_images"] == 1 and summary["bad_files"][0].endswith("broken.png)")
     assert (out / "encoder" / "model.safetensors").exists() and (out / "checkpoint-6" / "checkpoint_complete.json").exists()
     assert not (out / ".staging").exists()
+    assert "find_unused_parameters" not in result.stderr  # every trainable parameter is used: no DDP warning
+    assert result.stderr.count("encoder parameters") == 1  # INFO logs from the main process only
 
 
 def test_main_job__failed_final_evaluation_keeps_encoder_curves_and_results(tmp_path):

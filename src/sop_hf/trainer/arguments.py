@@ -73,6 +73,11 @@ class SOPTrainingArguments(TrainingArguments):
     ddp_broadcast_buffers: bool = field(
         default=False, metadata={"help": "Keep False: memory banks are kept identical by all-gather already."}
     )
+    ddp_find_unused_parameters: bool = field(
+        default=False,
+        metadata={"help": "Keep False: every trainable parameter gets a gradient each step (the mask token only "
+                  "exists when SOP-MIM uses it), so DDP's extra graph traversal and its warning are not needed."},
+    )  # fmt: skip
     max_grad_norm: float = field(
         default=0.0, metadata={"help": "Global gradient clipping (transformers); SOP uses --clip_grad_per_param."}
     )
