@@ -96,7 +96,6 @@ def test_main_job__two_processes_corrupt_image_two_epochs_exports(tmp_path):
     assert (out / "encoder" / "model.safetensors").exists() and (out / "checkpoint-6" / "checkpoint_complete.json").exists()
     assert not (out / ".staging").exists()
     assert "find_unused_parameters" not in result.stderr  # every trainable parameter is used: no DDP warning
-    assert result.stderr.count("encoder parameters") == 1  # INFO logs from the main process only
 
 
 def test_main_job__failed_final_evaluation_keeps_encoder_curves_and_results(tmp_path):
