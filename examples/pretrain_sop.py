@@ -532,3 +532,5 @@ def publish(hub: "HubTarget | None", output_dir: str, summary: dict) -> dict:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # before the interpreter exits, on every process

@@ -149,6 +149,7 @@ def main():
             plot_training_curves(trainer.state.log_history, os.path.join(args.out_dir, "curves.png"))
     # every rank writes its bank so the test can compare ranks
     torch.save(model.class_memory.state_dict(), os.path.join(args.out_dir, f"bank_rank{training_args.process_index}.pt"))
+    trainer.accelerator.end_training()  # tear the process group down before the interpreter exits
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def main():
               "bad_files": [data.describe(i) for i in trainer.bad_samples]}  # fmt: skip
     with open(os.path.join(args.out_dir, f"views_rank{training_args.process_index}.json"), "w") as handle:
         json.dump(record, handle)
+    trainer.accelerator.end_training()  # tear the process group down before the interpreter exits
 
 
 if __name__ == "__main__":
