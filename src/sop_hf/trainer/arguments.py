@@ -112,7 +112,7 @@ class SOPTrainingArguments(TrainingArguments):
     max_bad_image_fraction: float = field(
         default=0.01,
         metadata={"help": "Stop, naming the first bad files, when more than this fraction of the training images "
-                  "cannot be read (each is replaced by another sample and counted)."},
+                  "(rounded up to whole images) cannot be read; each is replaced by another sample and counted."},
     )  # fmt: skip
 
     def __post_init__(self):

@@ -11,7 +11,8 @@ What it guards (docs/distributed.md):
 - **Data.** ``data.pipeline.EpochSampler`` shuffles by (seed, epoch) and carries the epoch to every worker and
   process; the last incomplete batch is dropped; a dataset smaller than one global batch is refused before any
   compute. Replaced and converted images are counted from the batches (``image_status``), summed over processes,
-  logged, and the run stops naming the bad files when more than ``max_bad_image_fraction`` of the data is bad.
+  logged, and the run stops naming the bad files when more than ``max_bad_image_fraction`` of the data (rounded up
+  to whole images) is bad.
 - **Non-finite steps.** Loss and gradient norm are checked on every process without a host sync: a non-finite
   step is skipped (the fused AdamW default takes a ``found_inf`` flag; other optimizers pay one sync per step) and
   counted; ``max_nonfinite_steps`` in a row stop the run with a message naming the first bad step.
@@ -249,7 +250,7 @@ class SOPTrainer(Trainer):
         size = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else 0
         denominator = max(stats["images_seen"], size, 1)
         limit = self.args.max_bad_image_fraction
-        if stats["bad_images"] > limit * denominator:
+        if stats["bad_images"] > math.ceil(limit * denominator):  # whole images: one bad file of 42 is tolerated
             describe = getattr(self.train_dataset, "describe", lambda i: f"sample {i}")
             names = ", ".join(describe(i) for i in self.bad_samples[:5])
             raise ValueError(
