@@ -3,7 +3,7 @@
     python benchmarks/quality.py                                   # the demo (embedded set), seeds 0 1 2
     python benchmarks/quality.py --setting gate                    # the CI gate's run (full Fashion-MNIST)
     python benchmarks/quality.py --method massl --seeds 0          # a lineage method at the demo budget
-    python benchmarks/quality.py -- --koleo_loss_weight 0          # anything after -- goes to the training script
+    python benchmarks/quality.py -- --config_overrides koleo_loss_weight=0   # anything after -- goes to the script
 
 Runs ``examples/pretrain_sop.py`` once per seed, one run at a time (each run uses every core), reads each run's
 ``results.json`` and prints a table (seed, random init, trained, gain, training time) with the mean and the spread
@@ -27,13 +27,18 @@ SETTINGS = {
     # README command 1: the demo recipe, embedded 4,000-image train split, k-NN on its test split.
     "demo": [],
     # tests/test_quality.py: full Fashion-MNIST, first 10k train / 10k test images for the k-NN.
-    "gate": ["--dataset_name", "fashion_mnist_debian", "--class_memory_size", "4096", "--max_steps", "1450",
+    "gate": ["--dataset_name", "fashion_mnist_debian", "--config_overrides", "class_memory_size=4096", "--max_steps", "1450",
              "--warmup_steps", "145", "--save_strategy", "no", "--max_eval_samples", "10000"],
 }  # fmt: skip
 
 
 def run_seed(setting: str, method: str, seed: int, extra: list[str], output_dir: Path) -> dict:
-    cmd = [sys.executable, str(SCRIPT), *SETTINGS[setting], "--method", method, "--seed", str(seed),
+    base, extra = list(SETTINGS[setting]), list(extra)
+    if "--config_overrides" in base and "--config_overrides" in extra:  # one flag holding both sets of fields
+        k, j = base.index("--config_overrides") + 1, extra.index("--config_overrides") + 1
+        base[k] = f"{base[k]},{extra[j]}"
+        del extra[j - 1 : j + 1]
+    cmd = [sys.executable, str(SCRIPT), *base, "--method", method, "--seed", str(seed),
            "--output_dir", str(output_dir), "--disable_tqdm", "true", "--save_strategy", "no", *extra]  # fmt: skip
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)

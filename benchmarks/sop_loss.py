@@ -31,8 +31,8 @@ from sop_hf.losses import (
     draw_anchor_indices,
     multi_view_cross_entropy,
     prototype_assignments,
-    resolve_search_dtype,
 )
+from sop_hf.losses.sop import resolve_search_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from repeats import fmt_summary, summarize_runs  # noqa: E402

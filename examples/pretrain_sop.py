@@ -13,108 +13,94 @@ architecture at random init, the exported encoder in OUTPUT_DIR/encoder and OUTP
 Every flag overrides the chosen ``--recipe`` (demo, vit_small_imagenet, vit_base_imagenet); ``--help`` lists them all.
 """
 
-import argparse
+import copy
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
-from transformers import HfArgumentParser, TrainerCallback, set_seed
+from transformers import HfArgumentParser, PretrainedConfig, TrainerCallback, set_seed
 
 import sop_hf  # noqa: F401 - registers the SOP classes with the Auto* factories
-from sop_hf import PRESETS, LineageConfig, LineageForPreTraining, SOPConfig, SOPForPreTraining
+from sop_hf import PRESETS
+from sop_hf.cli.common import HelpFormatter
+from sop_hf.methods import METHODS, build_config, get_method, recipe_owner
+from sop_hf.training.recipes import recipe_defaults
 from sop_hf.data.sources import available_splits, has_labels, load_image_dataset, random_subset
 from sop_hf.evaluation import extract_features, knn_top1
 from sop_hf.hub import default_image_processor, push_run_to_hub, save_encoder
-from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
-from sop_hf.trainer.sop_trainer import last_complete_checkpoint
-from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset, build_collator
-from sop_hf.trainer.plots import uniform_reference
-from sop_hf.trainer.recipes import pop_recipe, recipe_argv
+from sop_hf.training import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
+from sop_hf.training.trainer import last_complete_checkpoint
+from sop_hf.data.images import to_rgb_image
+from sop_hf.data.pipeline import MultiCropDataArguments, build_collator, build_train_dataset, undecoded_images
 
 logger = logging.getLogger("pretrain_sop")
 
 
+def _recipe_list() -> str:
+    return "; ".join(f"{name}: {', '.join(m.recipes)}" for name, m in METHODS.items())
+
+
 @dataclass
 class ModelArguments:
-    """The encoder and the SOP losses (see docs/configuration.md)."""
+    """The method, its recipe and its config. Config values live in one place, the method's config class and its
+    recipes; change single fields with --config_overrides (see docs/configuration.md)."""
 
     method: str = field(
         default="sop",
-        metadata={"help": "Pretraining method: 'sop' (SOP + SOP-MIM), 'massl' (memory blocks), 'carp' (random "
-                  "partitions of learnable prototypes) or 'carl' (one block). Each starts from its published "
-                  "defaults; see docs/lineage.md for how to choose."},
+        metadata={"help": f"Pretraining method: {', '.join(METHODS)}. 'sop' is SOP with SOP-MIM; 'massl' memory "
+                  "blocks, 'carp' random partitions of learnable prototypes, 'carl' one block (docs/lineage.md)."},
+    )  # fmt: skip
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "Named recipe (model, data and training defaults), per method: " + _recipe_list() + ". "
+                  "Default: 'demo' on the embedded data; on other data one chosen from the image size (logged)."},
+    )  # fmt: skip
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Start from this pretraining checkpoint of the same method (weights, banks and config), "
+                  "instead of a random init."},
+    )  # fmt: skip
+    config_name: str | None = field(
+        default=None, metadata={"help": "A config.json (or its folder) of the method's config, instead of the recipe's."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Change config fields: 'num_anchors=2048,koleo_loss_weight=0.1' (lineage encoders: "
+                  "'backbone_config.hidden_size=128'). Values are read as JSON where they parse (numbers, true, "
+                  "[1,2]), else as strings; an unknown field is an error naming the fields."},
     )  # fmt: skip
     preset: str | None = field(
-        default=None, metadata={"help": "ViT preset: vit_tiny, vit_small, vit_base, vit_large (patch 16)."}
+        default=None, metadata={"help": f"ViT preset of the encoder: {', '.join(sorted(PRESETS))} (patch 16)."}
     )
-    image_size: int = field(default=224, metadata={"help": "Global-crop resolution the encoder is built for."})
-    patch_size: int = field(default=16, metadata={"help": "Patch side; 4-8 for tiny images."})
-    hidden_size: int | None = field(default=None, metadata={"help": "Width (overrides the preset)."})
-    num_hidden_layers: int | None = field(default=None, metadata={"help": "Depth (overrides the preset)."})
-    num_attention_heads: int | None = field(default=None, metadata={"help": "Heads (overrides the preset)."})
-    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (default 4 x width)."})
-    drop_path_rate: float = field(default=0.1, metadata={"help": "Student stochastic depth (0.1; 0.2-0.4 for ViT-L)."})
-    head_hidden_size: int = field(default=2048, metadata={"help": "Projection-head hidden width."})
-    head_output_size: int = field(default=256, metadata={"help": "Embedding width stored in the memory banks."})
-    class_memory_size: int = field(
-        default=65536, metadata={"help": "Class memory rows. It spans K / global batch steps: lower it for small data."}
-    )
-    num_anchors: int = field(default=4096, metadata={"help": "Anchors drawn per task (half are kept)."})
-    num_support: int = field(default=9, metadata={"help": "Supports per prototype (anchor + k neighbours)."})
-    num_tasks: int = field(default=4, metadata={"help": "Independent anchor draws per step."})
-    vote_smoothing: float = field(default=0.1, metadata={"help": "Anchor vote 1 - smoothing."})
-    mim_loss_weight: float = field(default=1.0, metadata={"help": "SOP-MIM weight; 0 turns masking off."})
-    use_mask_token: bool = field(default=True, metadata={"help": "Must be true when mim_loss_weight > 0."})
-    patch_memory_size: int = field(default=8192, metadata={"help": "Patch memory rows."})
-    num_patch_anchors: int = field(default=512, metadata={"help": "Patch anchors per step."})
-    koleo_loss_weight: float = field(default=0.0, metadata={"help": "KoLeo weight on the student [CLS] (0 = off)."})
-    memory_size: int | None = field(default=None, metadata={"help": "MaSSL memory rows (default 65536)."})
-    block_size: int | None = field(
-        default=None, metadata={"help": "MaSSL memory block (16384) / CARP prototype block (512)."}
-    )
-    num_prototypes: int | None = field(default=None, metadata={"help": "CARP/CARL learnable prototypes."})
-    uniformity_weight: float | None = field(default=None, metadata={"help": "CARP/CARL uniform-prior weight."})
-    encoder_type: str = field(
-        default="vit", metadata={"help": "'vit', or 'resnet' (transformers' ResNetModel, ResNet-50 by default) for "
-                                 "massl/carp/carl; CARP's paper uses ResNet-50."},
-    )  # fmt: skip
-    resnet_depths: list[int] | None = field(default=None, metadata={"help": "ResNet blocks per stage (3 4 6 3)."})
-    resnet_hidden_sizes: list[int] | None = field(
-        default=None, metadata={"help": "ResNet stage widths (256 512 1024 2048)."}
-    )
-    resnet_embedding_size: int | None = field(default=None, metadata={"help": "ResNet stem width (64)."})
-    resnet_layer_type: str | None = field(default=None, metadata={"help": "'bottleneck' (ResNet-50) or 'basic'."})
-    head_batch_norm: bool | None = field(
-        default=None, metadata={"help": "BatchNorm in the head's hidden layers (default: on for ResNet, off for ViT)."}
-    )
-    neighbour_search_dtype: str = field(
-        default="auto", metadata={"help": "auto (bf16 on CUDA), float32, bfloat16 (fast on AVX512-BF16 CPUs)."}
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow code shipped in --model_name_or_path / --config_name to run."}
     )
 
-    def to_config(self, num_channels: int = 3) -> SOPConfig:
-        lineage = ("memory_size", "block_size", "num_prototypes", "uniformity_weight", "encoder_type",
-                   "resnet_depths", "resnet_hidden_sizes", "resnet_embedding_size", "resnet_layer_type",
-                   "head_batch_norm")  # fmt: skip
-        values = {k: v for k, v in asdict(self).items() if k not in ("method", "preset") and v is not None}
-        values["num_channels"] = num_channels
-        if self.preset:
+    def overrides(self) -> dict:
+        """--preset and --config_overrides as ``{field: value}``."""
+        values = {}
+        if self.preset is not None:
             if self.preset not in PRESETS:
                 raise ValueError(f"--preset must be one of {', '.join(sorted(PRESETS))}, got {self.preset!r}")
-            values = {**PRESETS[self.preset], **values}
-        if self.method == "sop":
-            if self.encoder_type != "vit":
-                raise ValueError(f"--encoder_type {self.encoder_type!r} needs --method massl, carp or carl; SOP (with "
-                                 "SOP-MIM on patch tokens) runs on the ViT")  # fmt: skip
-            return SOPConfig(**{k: v for k, v in values.items() if k not in lineage})
-        values.update(mim_loss_weight=0.0, use_mask_token=False)
-        return LineageConfig.for_method(self.method, **values)
+            values["preset"] = self.preset
+        entries = re.split(r",(?=\s*[A-Za-z_][\w.]*\s*=)", self.config_overrides or "")  # commas before FIELD=
+        for item in filter(None, (s.strip() for s in entries)):
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--config_overrides entries must be FIELD=VALUE, got {item!r}")
+            try:
+                values[key.strip()] = json.loads(raw)
+            except json.JSONDecodeError:
+                values[key.strip()] = raw.strip()
+        return values
 
 
 @dataclass
@@ -182,11 +168,14 @@ def knn_of(encoder, train, test, data_args, processor, progress: bool = True) ->
     return knn_top1(train_x, train_y, test_x, test_y, ks=(data_args.knn_k,))[data_args.knn_k]
 
 
-def prototype_count(config, method: str) -> int | None:
-    """P of the teacher-entropy indicator: kept anchors (SOP), learnable prototypes (CARP/CARL), none (MaSSL)."""
-    if method == "sop":
-        return config.num_kept_anchors
-    return config.num_prototypes if method in ("carp", "carl") else None
+def first_image_side(dataset, image_column: str) -> int:
+    """The shorter side of the first readable training image (for the automatic recipe)."""
+    rows = undecoded_images(dataset, image_column).take(8)  # bytes / paths: an unreadable file is skipped here
+    for row in rows:
+        image = to_rgb_image(row[image_column])
+        if image is not None:
+            return min(image.size)
+    raise ValueError(f"none of the first 8 training images in column {image_column!r} could be read")
 
 
 def data_files_of(data_args) -> dict[str, list[str]] | None:
@@ -363,50 +352,145 @@ def evaluation_as_monitor(training_args, data_args) -> None:
     logger.info("--eval_strategy steps: the k-NN monitor runs every %d steps", data_args.monitor_steps)
 
 
+DEMO_DATASETS = ("embedded", "fashion_mnist_debian")
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The last value of ``--name VALUE`` / ``--name=VALUE`` in argv (None when absent)."""
+    value = None
+    for k, token in enumerate(argv):
+        if token == f"--{name}" and k + 1 < len(argv):
+            value = argv[k + 1]
+        elif token.startswith(f"--{name}="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def _read_config_file(path: str) -> dict:
+    import yaml
+
+    with open(path) as handle:
+        values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values")
+    return values
+
+
+def uses_own_data(values: dict) -> bool:
+    return bool(values.get("train_dir") or values.get("data_files")) or values.get(
+        "dataset_name", "embedded") not in DEMO_DATASETS  # fmt: skip
+
+
+def recipe_for_images(method: str, side: int) -> tuple[str, dict]:
+    """(name, recipe) chosen from the training images' side when no --recipe is given on the user's data: small
+    images (<= 160 px) get the demo's small-patch model at their own resolution (patch 4 up to 64 px, else 8); larger
+    ones SOP's ViT-S/16 ImageNet recipe (other methods: their demo model at 224 px, patch 16)."""
+    spec = get_method(method)
+    if side > 160 and "vit_small_imagenet" in spec.recipes:
+        return "vit_small_imagenet", spec.recipes["vit_small_imagenet"]
+    values = copy.deepcopy(spec.recipes["demo"])
+    patch = 4 if side <= 64 else (8 if side <= 160 else 16)
+    crop = 224 if side > 160 else max(4 * patch, side // patch * patch)
+    encoder = values["model"].get("backbone_config", values["model"])  # SOP: the config itself; lineage: its encoder
+    encoder.update(image_size=crop, patch_size=patch)
+    values["data"].pop("dataset_name", None)
+    values["data"].update(global_crop_size=crop, local_crop_size=max(patch * 2, crop // 2 // patch * patch))
+    return f"demo model at {crop} px, patch {patch}", values
+
+
+def parse_arguments(argv: list[str], chosen: tuple[str, dict] | None = None):
+    """(model, data, training arguments, recipe name, recipe, recipe chosen automatically?).
+
+    The recipe's data and training values become the parser's defaults, so ``--help`` shows what a run will use and
+    every flag or config-file entry overrides them; the same happens for flags and for a JSON/YAML config file."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, SOPTrainingArguments), description=__doc__,
+                              formatter_class=HelpFormatter)  # fmt: skip
+    from_file = len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))
+    given = _read_config_file(os.path.abspath(argv[0])) if from_file else {}
+    method = given.get("method") if from_file else _flag_value(argv, "method")
+    name = given.get("recipe") if from_file else _flag_value(argv, "recipe")
+    automatic = name is None
+    if chosen is not None:
+        name, values = chosen
+        method = method or "sop"
+    elif name is not None:
+        method, values = recipe_owner(name, method)
+    else:
+        method = method or "sop"
+        name, values = "demo", get_method(method).recipes["demo"]
+    defaults = {**recipe_defaults(values), "method": method, "recipe": name,
+                "output_dir": f"outputs/{method}-{name.split(' ')[0].replace('_', '-')}"}  # fmt: skip
+    if from_file:
+        model_args, data_args, training_args = parser.parse_dict({**defaults, **given})
+    else:
+        parser.set_defaults(**defaults)
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    return model_args, data_args, training_args, name, values, automatic
+
+
+def build_model(model_args, recipe_values: dict):
+    """The pretraining model: from --model_name_or_path, or a fresh one of the recipe's (or --config_name's) config
+    with --preset / --config_overrides applied."""
+    spec = get_method(model_args.method)
+    overrides = model_args.overrides()
+    if model_args.model_name_or_path:
+        if overrides or model_args.config_name:
+            raise ValueError("--model_name_or_path brings its own config: drop --config_name / --config_overrides")
+        model = spec.model_class.from_pretrained(model_args.model_name_or_path,
+                                                 trust_remote_code=model_args.trust_remote_code)  # fmt: skip
+        return model.config, model
+    values = recipe_values["model"]
+    if model_args.config_name:
+        loaded, _ = PretrainedConfig.get_config_dict(model_args.config_name, trust_remote_code=model_args.trust_remote_code)
+        values = {k: v for k, v in loaded.items() if not k.startswith("_") and k not in ("architectures", "auto_map",
+                  "transformers_version", "model_type")}  # fmt: skip
+    config = build_config(model_args.method, values, overrides)
+    return config, spec.model_class(config)
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, SOPTrainingArguments), description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        model_args, data_args, training_args = loader(os.path.abspath(argv[0]))
-        recipe = "file"
-    else:
-        recipe, argv = pop_recipe(argv)
-        if not any(a.split("=")[0] in ("--output_dir", "--output-dir") for a in argv):
-            argv += ["--output_dir", f"outputs/sop-{recipe.replace('_', '-')}"]
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(recipe_argv(recipe) + argv)
+    model_args, data_args, training_args, recipe, recipe_values, automatic = parse_arguments(argv)
     is_main = training_args.process_index == 0
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if is_main else logging.WARNING)  # fmt: skip
+    spec = get_method(model_args.method)
     if data_args.knn_k < 1 or data_args.max_eval_samples < 1 or data_args.monitor_samples < 1:
         raise ValueError("--knn_k, --max_eval_samples and --monitor_samples must be >= 1, got "
                          f"{data_args.knn_k}, {data_args.max_eval_samples}, {data_args.monitor_samples}")  # fmt: skip
-    evaluation_as_monitor(training_args, data_args)
-    if not training_args.do_eval:
-        data_args.knn_eval = False
-    if model_args.method not in ("sop", "massl", "carp", "carl"):
-        raise ValueError(f"--method must be one of sop, massl, carp, carl; got {model_args.method!r}")
+    model_args.overrides()  # a bad --preset / --config_overrides fails before any data is read
     set_seed(training_args.seed)
 
     # Data: fail before any compute on a missing column, an unknown split or an empty dataset.
     train_raw, eval_splits = load_training_data(data_args, training_args.seed)
+    if automatic and uses_own_data(vars(data_args)) and not model_args.model_name_or_path and not model_args.config_name:
+        side = first_image_side(train_raw, data_args.image_column_name)
+        chosen = recipe_for_images(model_args.method, side)
+        logger.info("no --recipe given: the training images are %d px, so the run uses %s (pass --recipe to "
+                    "choose; --help lists them)", side, chosen[0])  # fmt: skip
+        model_args, data_args, training_args, recipe, recipe_values, _ = parse_arguments(argv, chosen)
+        train_raw, eval_splits = load_training_data(data_args, training_args.seed)
+    evaluation_as_monitor(training_args, data_args)
+    if not training_args.do_eval:
+        data_args.knn_eval = False
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps > 0 (a stream has no length)")
-    config = model_args.to_config()
-    use_masks = model_args.method == "sop" and config.mim_loss_weight > 0
-    train_dataset = build_train_dataset(train_raw, data_args, patch_size=config.patch_size, seed=training_args.seed,
+    config, model = build_model(model_args, recipe_values)
+    logger.info("%s, recipe %s; config (values other than the defaults): %s", spec.title, recipe,
+                json.dumps(config.to_diff_dict(), sort_keys=True, default=str))  # fmt: skip
+    use_masks = spec.uses_masks(config)
+    patch_size = getattr(getattr(config, "backbone_config", config), "patch_size", 1)  # a ResNet has no patches
+    train_dataset = build_train_dataset(train_raw, data_args, patch_size=patch_size, seed=training_args.seed,
                                         use_masks=use_masks, image_column=data_args.image_column_name)  # fmt: skip
     collator = build_collator(data_args)
 
-    model = SOPForPreTraining(config) if model_args.method == "sop" else LineageForPreTraining(config)
     random_encoder = model.export_encoder("student") if training_args.process_index == 0 else None
-    logger.info("%s (%s recipe): %.2fM encoder parameters", model_args.method, recipe,
-                sum(p.numel() for p in model.sop.parameters()) / 1e6)  # fmt: skip
-    if getattr(config, "encoder_type", "vit") == "resnet" and training_args.world_size > 1 and torch.cuda.is_available():
+    logger.info("%s (%s recipe): %.2fM encoder parameters", spec.title, recipe,
+                sum(p.numel() for p in model.backbone("student").parameters()) / 1e6)  # fmt: skip
+    if getattr(config, "is_resnet", False) and training_args.world_size > 1 and torch.cuda.is_available():
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all GPUs, as CARP
     processor = default_image_processor(config, data_args.eval_resize_ratio)  # k-NN checks and the export
-    num_prototypes = prototype_count(config, model_args.method)
+    num_prototypes = spec.entropy_prototypes(config)
     card_state: dict = {"training": None, "eval_results": None}
 
     def write_card(encoder, curves=None) -> Path:
@@ -466,10 +550,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. Write what the run produced (encoder, card, curves, results) before anything that can fail.
     output_dir = training_args.output_dir
     encoder = model.export_encoder(training_args.export_encoder)
-    uniform_p, uniform_symbol = uniform_reference(config)
+    uniform_p, uniform_symbol = spec.uniform_reference(config)
     plot_path = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"),
-                                     method=model_args.method, num_prototypes=uniform_p,
-                                     prototype_symbol=uniform_symbol)  # fmt: skip
+                                     method=spec.title_for(config), num_prototypes=uniform_p,
+                                     prototype_symbol=uniform_symbol, loss_labels=spec.loss_labels)  # fmt: skip
     card_state["training"] = training_record(model_args, data_args, training_args, trainer, recipe)
 
     def write_outputs(eval_results=None) -> Path:
@@ -484,7 +568,7 @@ def main(argv: list[str] | None = None) -> dict:
     # in the first window, while the bank still holds random-init keys) and recover within ~150 steps: not a collapse.
     entropies = [row["teacher_entropy"] for row in trainer.state.log_history if "teacher_entropy" in row]
     entropies = entropies[len(entropies) // 2 :]
-    summary.update(plot=str(plot_path), method=model_args.method, ln_num_prototypes=math.log(config.num_kept_anchors),
+    summary.update(plot=str(plot_path), method=model_args.method, ln_num_prototypes=math.log(uniform_p),
                    first_losses=losses[:5], last_losses=losses[-5:], max_loss=max(losses, default=None),
                    min_teacher_entropy_second_half=min(entropies, default=None))  # fmt: skip
     encoder_dir = write_outputs()

@@ -59,3 +59,17 @@ def load_example(name: str = "pretrain_sop"):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# A tiny ResNet encoder (basic blocks, two stages) for the lineage methods' ResNet path.
+TINY_RESNET = dict(model_type="resnet", embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic")
+
+
+def lineage_model(method: str, backbone: dict | None = None, **fields):
+    """A lineage pretraining model (massl / carp / carl) on the tiny ViT (or ``backbone``), built as the main job
+    builds it: ``sop_hf.methods.build_config``."""
+    from sop_hf.methods import build_config, get_method
+
+    heads = {k: v for k, v in TINY.items() if k.startswith("head_")}  # the tiny head sizes, as SOP's tests use
+    config = build_config(method, {"backbone_config": backbone or {"model_type": "sop", **TINY}, **heads, **fields})
+    return get_method(method).model_class(config)

@@ -55,12 +55,15 @@ def test_help__exits_0_and_describes_the_options(capsys, entry, options):
 
 
 def test_main__dispatches_and_explains_usage(capsys):
-    assert main([]) == 2
-    assert "{export,convert}" in capsys.readouterr().err
+    assert main([]) == 2 and main(["nope"]) == 2
+    assert "usage: sop-hf {eval,visualize,export,convert}" in capsys.readouterr().err
     assert main(["--help"]) == 0
-    with pytest.raises(SystemExit) as exit_info:
-        main(["convert", "--help"])
-    assert exit_info.value.code == 0
+    assert "Run `sop-hf COMMAND --help`" in capsys.readouterr().out
+    for command in ("eval", "visualize", "export", "convert"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "knn", "--help"] if command == "eval" else [command, "--help"])
+        assert exit_info.value.code == 0
+        assert "--model" in capsys.readouterr().out or command == "convert"
 
 
 def test_export__missing_required_option_fails(capsys):
@@ -153,15 +156,13 @@ def test_console_scripts__convert_then_export_in_subprocesses(tmp_path):
 
 @pytest.fixture(scope="module")
 def lineage_checkpoints(tmp_path_factory):
-    from sop_hf import LineageConfig, LineageForPreTraining
-    from tests.conftest import TINY
-    from tests.test_lineage_resnet import RESNET
+    from tests.conftest import TINY_RESNET, lineage_model
 
     root = tmp_path_factory.mktemp("lineage")
     folders = {}
-    for name, extra in (("massl_vit", dict(memory_size=64, block_size=16)), ("carp_resnet", RESNET)):
-        method = name.split("_")[0]
-        model = LineageForPreTraining(LineageConfig.for_method(method, **{**TINY, **extra}))
+    models = {"massl_vit": lineage_model("massl", memory_size=64, block_size=16),
+              "carp_resnet": lineage_model("carp", backbone=dict(TINY_RESNET), num_prototypes=64, block_size=16)}
+    for name, model in models.items():
         model.save_pretrained(root / name)
         folders[name] = str(root / name)
     return folders
@@ -171,7 +172,7 @@ def lineage_checkpoints(tmp_path_factory):
 def test_lineage_checkpoints__eval_export_visualize(lineage_checkpoints, name, tmp_path, capsys):
     from transformers import AutoModel
 
-    from sop_hf.evaluation.eval_cli import eval_main, visualize_main
+    from sop_hf.cli import eval_main, visualize_main
 
     folder = lineage_checkpoints[name]
     assert eval_main(["knn", "--model", folder, "--max_samples", "30", "--ks", "5", "--no_cache", "--no_progress"]) == 0
@@ -190,7 +191,8 @@ def test_lineage_checkpoints__eval_export_visualize(lineage_checkpoints, name, t
 
 
 def test_model_folder_with_its_own_code__refused_by_every_command_unless_asked(tmp_path):
-    from sop_hf.evaluation.eval_cli import eval_main, load_encoder, visualize_main
+    from sop_hf.cli import eval_main, visualize_main
+    from sop_hf.hub.loading import load_encoder
 
     folder = tmp_path / "custom"
     folder.mkdir()

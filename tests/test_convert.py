@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from sop_hf import SOPConfig, SOPModel
-from sop_hf.convert import convert_original_state_dict, infer_config_from_state_dict, load_original_checkpoint
+from sop_hf.hub.convert import convert_original_state_dict, infer_config_from_state_dict, load_original_checkpoint
 
 TOLERANCE = 1e-5
 DIM, DEPTH, HEADS, PATCH, IMAGE, MLP = 32, 2, 2, 8, 32, 128
@@ -199,7 +199,7 @@ def test_convert__missing_network_or_backbone_raises():
 
 
 def test_convert__heads_are_ignored_and_counted(caplog):
-    with caplog.at_level(logging.INFO, logger="sop_hf.convert"):
+    with caplog.at_level(logging.INFO, logger="sop_hf.hub.convert"):
         model = load_original_checkpoint(TRAINING_CHECKPOINT, which="student", num_attention_heads=HEADS)
     assert "Ignored 4 non-backbone tensors" in caplog.text
     assert not any("head" in key for key in model.state_dict())

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from sop_hf import SOPConfig, SOPModel
-from sop_hf.export import stock_image_processor
+from sop_hf.hub.stock_vit import stock_image_processor
 from sop_hf.hub import save_encoder
-from sop_hf.trainer.recipes import RECIPES
+from sop_hf.methods import SOP
 
 ROOT = Path(__file__).parent.parent
 BLOCK = re.compile(r"```(bash|python)\n(.*?)```", re.S)
@@ -29,7 +29,7 @@ def demo_dir(tmp_path_factory):
     """A working directory holding a demo-sized encoder at outputs/sop-demo/encoder and docs/assets."""
     work = tmp_path_factory.mktemp("docs")
     model_keys = set(SOPConfig().to_dict())
-    sizes = {k: v for k, v in RECIPES["demo"]["model"].items() if k in model_keys}
+    sizes = {k: v for k, v in SOP.recipes["demo"]["model"].items() if k in model_keys}
     torch.manual_seed(0)
     encoder = SOPModel(SOPConfig(**{**sizes, "use_mask_token": False}))
     save_encoder(encoder, work / "outputs" / "sop-demo" / "encoder", image_processor=stock_image_processor(28, 1.0))

@@ -1,4 +1,4 @@
-"""Tests of ``sop-eval`` / ``sop-visualize`` (``sop_hf.evaluation.eval_cli``) with a tiny random SOP encoder.
+"""Tests of ``sop-eval`` / ``sop-visualize`` (``sop_hf.cli.eval``) with a tiny random SOP encoder.
 
 The encoder (28 px, patch 4, width 32, 2 blocks, 2 heads) and its processor are saved to a temporary folder; the
 embedded Fashion-MNIST subset is cut down with ``--max_samples``. Feature caches go to temporary folders.
@@ -16,7 +16,10 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from sop_hf import SOPConfig, SOPForPreTraining, SOPImageProcessor, SOPModel
-from sop_hf.evaluation.eval_cli import eval_main, load_encoder, training_from_card, update_model_card, visualize_main
+from sop_hf.cli import eval_main, visualize_main
+from sop_hf.hub.loading import load_encoder
+from sop_hf.hub.model_card import update_model_card
+from sop_hf.hub.record import CardRecord
 from sop_hf.hub import save_encoder
 from tests.conftest import tiny_config
 
@@ -97,8 +100,9 @@ def test_eval__update_card_round_trip(tmp_path, capsys):
     assert 'AutoModel.from_pretrained("me/sop-tiny"' in card.text
     recipe = lambda text: text[text.index("## Training recipe") : text.index("## Evaluation")]  # noqa: E731
     assert recipe(card.text) in before  # the recipe table survives the rewrite unchanged
-    assert training_from_card(card.text)["notes"] == "tiny run"
-    assert training_from_card(card.text)["learning_rate"] == 0.0005
+    record = CardRecord.load(folder)  # the card is rendered from the record, never parsed back
+    assert record.training["notes"] == "tiny run" and record.training["learning_rate"] == 0.0005
+    assert card.data.sop_hf_training == record.training and len(record.eval_results) == 3
 
 
 def test_update_model_card__without_readme_and_errors(model_dir, tmp_path):
@@ -108,10 +112,10 @@ def test_update_model_card__without_readme_and_errors(model_dir, tmp_path):
               "metric_value": 0.5, "metric_name": "k-NN top-1 (k=20)"}  # fmt: skip
     card = ModelCard.load(update_model_card(folder, [result]))
     assert [r.metric_value for r in card.data.eval_results] == [0.5]
-    assert training_from_card(card.text) is None
+    assert CardRecord.load(folder).training is None and "No training information" in card.text
     with pytest.raises(ValueError, match="--update-card needs a local model folder"):
         update_model_card(tmp_path / "missing", [result])
-    from sop_hf.export import save_stock_vit
+    from sop_hf.hub.stock_vit import save_stock_vit
 
     save_stock_vit(SOPModel(tiny_sop_config()), tmp_path / "vit")
     with pytest.raises(ValueError, match="needs a SOP model folder; .* has model_type='vit'"):
@@ -172,7 +176,7 @@ def test_module_entry_point__image_folder_stdout_is_only_results(model_dir, tmp_
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "sop_hf.evaluation.eval_cli", "knn", "--model", model_dir, "--train_data",
+    command = [sys.executable, "-m", "sop_hf.cli", "eval", "knn", "--model", model_dir, "--train_data",
                str(tmp_path / "images"), "--ks", "1", "3", "--cache_dir", str(tmp_path / "c")]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -182,7 +186,7 @@ def test_module_entry_point__image_folder_stdout_is_only_results(model_dir, tmp_
 
 def test_stock_vit_export__same_numbers_and_attention(model_dir, tmp_path, capsys):
     from sop_hf.evaluation.visualize import last_block_attention
-    from sop_hf.export import save_stock_vit
+    from sop_hf.hub.stock_vit import save_stock_vit
 
     vit_dir = str(tmp_path / "stock_vit")
     save_stock_vit(SOPModel.from_pretrained(model_dir), vit_dir, crop_pct=1.0)

@@ -69,14 +69,19 @@ def test_demo__two_cpu_processes_with_accelerate_launch(tmp_path):
 
 def test_help__explains_the_knobs():
     result = run([sys.executable, SCRIPT, "--help"], timeout=120)
-    for flag in ("--dataset_name", "--num_anchors", "--momentum_teacher", "--clip_grad_per_param", "--max_steps"):
+    for flag in ("--dataset_name", "--config_overrides", "--recipe", "--momentum_teacher", "--clip_grad_per_param", "--max_steps"):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())
-    assert "It spans K / global batch steps: lower it for small data." in text
-    assert "--recipe" in text or "demo" in text
+    assert "sop: demo, vit_small_imagenet, vit_base_imagenet" in text and "carp: demo, carp_resnet50_imagenet" in text
+    assert "'num_anchors=2048,koleo_loss_weight=0.1'" in text  # how to change a config field
+    assert "--max_steps MAX_STEPS" in text and "(default: 500)" in text  # the demo recipe's values are the defaults
 
 
 import pytest  # noqa: E402
+
+
+SIZES = {"massl": "memory_size=2048,block_size=256", "carp": "num_prototypes=1024,block_size=256",
+         "carl": "num_prototypes=1024"}
 
 
 @pytest.mark.parametrize("method", [pytest.param("massl", marks=pytest.mark.slow), "carp",
@@ -84,7 +89,7 @@ import pytest  # noqa: E402
 def test_lineage_methods__short_end_to_end_run_exports_a_loadable_encoder(method, tmp_path):
     out = tmp_path / method
     run([sys.executable, SCRIPT, "--method", method, "--max_steps", "3", "--logging_steps", "1", "--knn_eval", "false",
-         "--memory_size", "2048", "--block_size", "256", "--num_prototypes", "1024", "--save_strategy", "no",
+         "--config_overrides", SIZES[method], "--save_strategy", "no",
          "--output_dir", str(out)])  # fmt: skip
     summary = json.loads((out / "results.json").read_text())
     assert summary["method"] == method and all(math.isfinite(v) for v in summary["last_losses"])

@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, ViTModel
 
 from sop_hf import SOPImageProcessor, SOPModel
-from sop_hf.export import export_to_vit, save_stock_vit, stock_image_processor, vit_config_from_sop
+from sop_hf.hub.stock_vit import export_to_vit, save_stock_vit, stock_image_processor, vit_config_from_sop
 from tests.conftest import tiny_config
 
 TOLERANCE = 1e-5

@@ -353,7 +353,7 @@ def test_push_encoder_to_hub__refuses_a_pretraining_model_before_creating_the_re
         def upload_folder(self, **kwargs):
             calls.append(("upload_folder", sorted(os.listdir(kwargs["folder_path"]))))
 
-    monkeypatch.setattr("sop_hf.hub.HfApi", NoNetworkApi)
+    monkeypatch.setattr("sop_hf.hub.push.HfApi", NoNetworkApi)
     with pytest.raises(ValueError, match=r"push_encoder_to_hub expects an SOPModel or ResNetModel encoder, got SOPForPreTraining\."):
         push_encoder_to_hub(SOPForPreTraining(tiny_config()), "me/x")
     assert calls == []

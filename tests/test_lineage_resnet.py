@@ -13,18 +13,19 @@ import torch
 from PIL import Image
 from transformers import ResNetModel
 
-from sop_hf import LineageConfig, LineageForPreTraining
+from sop_hf import CARPConfig, CARPForPreTraining
+from sop_hf.methods import build_config
 from sop_hf.evaluation import extract_features, pool_output
 from sop_hf.hub import build_model_card, default_image_processor, save_encoder
-from tests.conftest import TINY, WITHOUT_SOP_HF
+from tests.conftest import TINY, TINY_RESNET, WITHOUT_SOP_HF, lineage_model
 
 ROOT = Path(__file__).parent.parent
-RESNET = dict(encoder_type="resnet", resnet_embedding_size=8, resnet_hidden_sizes=[16, 32], resnet_depths=[1, 1],
-              resnet_layer_type="basic", num_prototypes=64, block_size=16, memory_size=64)  # fmt: skip
+SIZES = {"massl": dict(memory_size=64, block_size=16), "carp": dict(num_prototypes=64, block_size=16),
+         "carl": dict(num_prototypes=64)}  # fmt: skip
 
 
 def resnet_lineage(method="carp", **overrides):
-    return LineageForPreTraining(LineageConfig.for_method(method, **{**TINY, **RESNET, **overrides}))
+    return lineage_model(method, backbone=dict(TINY_RESNET), **{**SIZES[method], **overrides})
 
 
 def inputs(batch=4):
@@ -36,7 +37,7 @@ def inputs(batch=4):
 @pytest.mark.parametrize("method", ["carp", "carl", "massl"])
 def test_step__resnet_encoder_bn_head_gradients_only_to_the_student(method):
     model = resnet_lineage(method).train()
-    assert isinstance(model.sop, ResNetModel) and isinstance(model.teacher, ResNetModel)
+    assert isinstance(model.student, ResNetModel) and isinstance(model.teacher, ResNetModel)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.head.modules())  # CARP's ResNet head
     out = model(**inputs())
     assert torch.isfinite(out.loss) and out.student_embeddings.shape == (16, TINY["head_output_size"])
@@ -49,25 +50,23 @@ def test_step__resnet_encoder_bn_head_gradients_only_to_the_student(method):
 
 
 def test_config__head_batch_norm_default_follows_the_encoder_and_validation():
-    assert LineageConfig.for_method("carp", encoder_type="resnet").head_batch_norm is True
-    assert LineageConfig.for_method("carp").head_batch_norm is False
-    assert LineageConfig.for_method("carp", encoder_type="resnet", head_batch_norm=False).head_batch_norm is False
-    resnet50 = LineageConfig.for_method("carp", encoder_type="resnet")
-    assert resnet50.encoder_width == 2048 and resnet50.resnet_config().depths == [3, 4, 6, 3]
-    for bad, field in ((dict(encoder_type="convnext"), "encoder_type"),
-                       (dict(resnet_depths=[1, 1, 1]), "resnet_depths"),
-                       (dict(resnet_hidden_sizes=[16, 0]), "resnet_hidden_sizes"),
-                       (dict(resnet_layer_type="wide"), "resnet_layer_type")):  # fmt: skip
-        with pytest.raises(ValueError, match=field):
-            LineageConfig.for_method("carp", **{**RESNET, **bad})
+    resnet50 = build_config("carp", {"backbone_config": {"model_type": "resnet"}})
+    assert resnet50.head_batch_norm is True and resnet50.is_resnet
+    assert CARPConfig().head_batch_norm is False  # the default encoder is the SOP ViT
+    assert build_config("carp", {"backbone_config": {"model_type": "resnet"}, "head_batch_norm": False}).head_batch_norm is False
+    assert resnet50.encoder_width == 2048 and list(resnet50.backbone_config.depths) == [3, 4, 6, 3]  # ResNet-50
+    with pytest.raises(ValueError, match="backbone_config must be an SOPConfig or a ResNetConfig"):
+        build_config("carp", {"backbone_config": {"model_type": "bert"}})
+    with pytest.raises(ValueError, match="unknown ResNetConfig field.*resnet_depths"):
+        build_config("carp", {"backbone_config": {"model_type": "resnet", "resnet_depths": [1, 1]}})
 
 
 def test_init__resnet_keeps_its_own_initialisation_and_teacher_is_a_copy():
     model = resnet_lineage()
-    conv = model.sop.embedder.embedder.convolution.weight.detach()  # 7x7 stem, 8 channels
+    conv = model.student.embedder.embedder.convolution.weight.detach()  # 7x7 stem, 8 channels
     # ResNet's kaiming fan_out init, std sqrt(2 / (8 * 7 * 7)) = 0.0714, not the ViT's trunc-normal 0.02
     assert float(conv.std()) == pytest.approx(math.sqrt(2 / (8 * 49)), rel=0.15)
-    for (name, s), t in zip(model.sop.named_parameters(), model.teacher.parameters()):
+    for (name, s), t in zip(model.student.named_parameters(), model.teacher.parameters()):
         assert torch.equal(s, t), name
     bn = model.head.mlp[1]
     assert torch.equal(bn.running_var, torch.ones_like(bn.running_var)) and int(bn.num_batches_tracked) == 0
@@ -77,11 +76,11 @@ def test_ema__moves_resnet_parameters_teacher_bn_statistics_come_from_its_own_fo
     model = resnet_lineage().train()
     model(**inputs()).loss.backward()
     with torch.no_grad():
-        for p in model.sop.parameters():
+        for p in model.student.parameters():
             p.add_(1.0)
     before = [t.clone() for t in model.teacher.parameters()]
     model.update_teacher(0.9)
-    for b, t, s in zip(before, model.teacher.parameters(), model.sop.parameters()):
+    for b, t, s in zip(before, model.teacher.parameters(), model.student.parameters()):
         assert torch.allclose(t, 0.9 * b + 0.1 * s, atol=1e-6)
     stats = model.teacher.embedder.embedder.normalization.num_batches_tracked
     assert int(stats) == 1  # the teacher forward of the one step
@@ -91,8 +90,8 @@ def test_save_load__round_trip_is_exact(tmp_path):
     model = resnet_lineage().train()
     model(**inputs())  # moves BN statistics and the step counter
     model.save_pretrained(tmp_path)
-    loaded = LineageForPreTraining.from_pretrained(tmp_path)
-    assert isinstance(loaded.sop, ResNetModel)
+    loaded = CARPForPreTraining.from_pretrained(tmp_path)
+    assert isinstance(loaded.student, ResNetModel)
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
 
@@ -160,7 +159,7 @@ def test_features__global_average_pool_and_token_poolings_refused():
 
 
 def test_model_card__resnet50_name_table_and_snippets_without_remote_code():
-    config = LineageConfig.for_method("carp", encoder_type="resnet").resnet_config()
+    config = CARPConfig(backbone_config={"model_type": "resnet"}).backbone_config
     text = str(build_model_card(config, method="carp", repo_id="org/carp-rn50"))
     assert "# CARP ResNet-50 image encoder" in text and "convolutional network (ResNet)" in text
     assert "| Stage widths | 256 / 512 / 1024 / 2048 |" in text
@@ -169,10 +168,10 @@ def test_model_card__resnet50_name_table_and_snippets_without_remote_code():
 
 
 def test_script__carp_resnet_short_run_exports_a_stock_resnet(tmp_path):
-    cmd = [sys.executable, str(ROOT / "examples" / "pretrain_sop.py"), "--method", "carp", "--encoder_type", "resnet",
-           "--resnet_depths", "1", "1", "--resnet_hidden_sizes", "16", "32", "--resnet_embedding_size", "8",
-           "--resnet_layer_type", "basic", "--num_prototypes", "256", "--block_size", "64", "--head_hidden_size", "64",
-           "--head_output_size", "32", "--max_steps", "4", "--logging_steps", "2", "--monitor_steps", "2",
+    backbone = json.dumps(TINY_RESNET, separators=(",", ":"))
+    overrides = f"backbone_config={backbone},num_prototypes=256,block_size=64,head_hidden_size=64,head_output_size=32"
+    cmd = [sys.executable, str(ROOT / "examples" / "pretrain_sop.py"), "--method", "carp", "--config_overrides",
+           overrides, "--max_steps", "4", "--logging_steps", "2", "--monitor_steps", "2",
            "--monitor_samples", "100", "--max_eval_samples", "200", "--save_strategy", "no", "--disable_tqdm", "true",
            "--output_dir", str(tmp_path)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -187,14 +186,15 @@ def test_script__carp_resnet_short_run_exports_a_stock_resnet(tmp_path):
 def test_script__sop_refuses_the_resnet_encoder(tmp_path):
     from tests.conftest import load_example
 
-    with pytest.raises(ValueError, match="--encoder_type 'resnet' needs --method massl, carp or carl"):
-        load_example().main(["--encoder_type", "resnet", "--max_steps", "1", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown SOPConfig field.*backbone_config"):
+        load_example().main(["--config_overrides", 'backbone_config={"model_type":"resnet"}', "--max_steps", "1",
+                             "--output_dir", str(tmp_path)])
 
 
 def test_update_model_card__adds_results_to_a_resnet_export_but_not_to_a_foreign_resnet(tmp_path):
     from huggingface_hub import ModelCard
 
-    from sop_hf.evaluation.eval_cli import update_model_card
+    from sop_hf.hub.model_card import update_model_card
 
     encoder = resnet_lineage().export_encoder("teacher")
     folder = save_encoder(encoder, tmp_path / "ours", method="carp", training={"dataset": "embedded", "max_steps": 4})

@@ -1,4 +1,4 @@
-"""SOP / SOP-MIM loss functions against METHOD.md's golden cases (section 18) and a dense reference."""
+"""SOP / SOP-MIM loss functions against the golden cases of docs/method.md §18 and a dense reference."""
 
 import math
 
@@ -151,7 +151,7 @@ def test_assignments__equal_dense_formula_values_and_gradients(num_support):
 
 
 def test_assignments__row_chunking_gives_the_same_values_and_gradients(monkeypatch):
-    import sop_hf.losses as losses
+    import sop_hf.losses.sop as losses
 
     protos = build_support_prototypes(unit(300, 8), torch.arange(7), 3, 0.1)
     z = unit(23, 8).requires_grad_()
@@ -277,7 +277,7 @@ def test_gradient__matches_analytic_formula_wrt_logits():
     logits = (unit(3, 8) @ supports.T / 0.1).requires_grad_()
     s = logits.softmax(-1)
     q = torch.rand(3, 5, dtype=torch.float64).softmax(-1)
-    from sop_hf.losses import _aggregate_votes
+    from sop_hf.losses.sop import _aggregate_votes
 
     p = _aggregate_votes(logits.softmax(-1).reshape(3, 5, 3), protos.votes)  # [N, P', E] -> [N, P']
     loss = -(q * p.log()).sum()
@@ -421,7 +421,7 @@ def test_loss_path__compiles_without_graph_breaks_given_anchors():
     """With anchors drawn outside (as SOPForPreTraining does), the SOP and SOP-MIM losses trace to one graph each."""
     import torch._dynamo
 
-    from sop_hf.losses import SOPClassLoss, SOPPatchLoss
+    from sop_hf.losses.sop import SOPClassLoss, SOPPatchLoss
 
     torch._dynamo.reset()
     memory = torch.nn.functional.normalize(torch.randn(128, 16), dim=1)

@@ -1,6 +1,6 @@
 """Tests of losses_lineage.py: random partitions, MaSSL, CARP, CARL and the weight-normalised prototype layer.
 
-Golden values are METHOD.md section 18, cases 12 (CARP/CARL) and 13 (MaSSL); KoLeo's are in test_losses.py.
+Golden values are docs/method.md §18, cases 12 (CARP/CARL) and 13 (MaSSL); KoLeo's are in test_losses.py.
 """
 
 import math
@@ -12,18 +12,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sop_hf.losses import koleo_loss, view_pairs
-from sop_hf.losses_lineage import (
-    CARP_EPS,
+from sop_hf.losses import (
     CARPLossOutput,
-    WeightNormalizedPrototypes,
     carl_loss,
     carp_consistency_loss,
     carp_loss,
     carp_uniformity_loss,
+    koleo_loss,
     massl_loss,
     random_partition,
+    view_pairs,
 )
+from sop_hf.losses.carp import CARP_EPS
+from sop_hf.modules.prototypes import WeightNormalizedPrototypes
 
 F64 = torch.float64
 EPS32 = torch.finfo(torch.float32).eps

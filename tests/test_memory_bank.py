@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sop_hf import MemoryBank
-from sop_hf._dist import all_gather_with_grad, concat_all_gather
+from sop_hf.modules.distributed import all_gather_with_grad, concat_all_gather
 
 
 def constant_keys(value: float, count: int, dim: int = 2) -> torch.Tensor:

@@ -5,15 +5,16 @@ import math
 import pytest
 import torch
 
-from sop_hf import LineageConfig, LineageForPreTraining, SOPModel
-from sop_hf.modeling_lineage import METHOD_DEFAULTS
-from tests.conftest import TINY
+from sop_hf import CARLConfig, CARPConfig, CARPForPreTraining, MaSSLConfig, SOPModel
+from sop_hf.methods import build_config
+from tests.conftest import TINY, lineage_model
 
-SIZES = dict(memory_size=64, block_size=16, num_prototypes=64)
+SIZES = {"massl": dict(memory_size=64, block_size=16), "carp": dict(num_prototypes=64, block_size=16),
+         "carl": dict(num_prototypes=64)}  # fmt: skip
 
 
 def lineage(method, **overrides):
-    return LineageForPreTraining(LineageConfig.for_method(method, **{**TINY, **SIZES, **overrides}))
+    return lineage_model(method, **{**SIZES[method], **overrides})
 
 
 def inputs(batch=4, local=2):
@@ -72,17 +73,32 @@ def test_carp_carl__initial_consistency_near_ln_block():
     assert not carp.head.normalize and lineage("massl").head.normalize
 
 
-def test_config__defaults_validation_and_round_trip(tmp_path):
-    assert LineageConfig.for_method("carp").block_size == METHOD_DEFAULTS["carp"]["block_size"] == 512
-    assert LineageConfig.for_method("massl").memory_size == 65536
-    with pytest.raises(ValueError, match="LineageConfig.method must be one of"):
-        LineageConfig(method="byol")
-    with pytest.raises(ValueError, match=r"LineageConfig.block_size must be in \[1, 64\]"):
-        LineageConfig.for_method("carp", **TINY, num_prototypes=64, block_size=65)
+def test_config__defaults_hold_only_their_fields_and_validate():
+    carp, massl, carl = CARPConfig(), MaSSLConfig(), CARLConfig()
+    assert (carp.num_prototypes, carp.block_size, carp.uniformity_weight) == (65536, 512, 1.0)
+    assert (massl.memory_size, massl.block_size) == (65536, 16384)
+    assert carl.block_size == carl.num_prototypes == 4096  # CARL: one block
+    assert not hasattr(carp, "class_memory_size") and not hasattr(massl, "num_prototypes")  # no SOP fields
+    assert carp.backbone_config.model_type == "sop" and carp.encoder_width == 768  # default encoder: ViT-B/16
+    with pytest.raises(ValueError, match=r"CARPConfig.block_size must be in \[1, num_prototypes=64\]"):
+        CARPConfig(num_prototypes=64, block_size=65)
+    with pytest.raises(ValueError, match="method must be one of sop, massl, carp, carl"):
+        build_config("byol", {})
+    with pytest.raises(ValueError, match="unknown CARPConfig field.*class_memory_size"):
+        build_config("carp", {"class_memory_size": 64})
+    with pytest.raises(ValueError, match="unknown SOPConfig field.*hiden_size"):
+        build_config("carp", {"backbone_config": {"model_type": "sop", "hiden_size": 64}})
+
+
+def test_config__round_trip_through_save_and_auto_config(tmp_path):
+    from transformers import AutoConfig
+
     model = lineage("carp")
     model.save_pretrained(tmp_path)
-    loaded = LineageForPreTraining.from_pretrained(tmp_path)
-    assert loaded.config.method == "carp"
+    assert type(AutoConfig.from_pretrained(tmp_path)) is CARPConfig
+    loaded = CARPForPreTraining.from_pretrained(tmp_path)
+    assert loaded.config.backbone_config.hidden_size == TINY["hidden_size"] and loaded.config.block_size == 16
+    assert list(loaded.state_dict()) == list(model.state_dict())
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 

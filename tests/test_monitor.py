@@ -9,20 +9,22 @@ import torch
 from PIL import Image
 
 from sop_hf import (
-    LineageConfig,
-    LineageForPreTraining,
     SOPConfig,
     SOPForPreTraining,
     SOPImageProcessor,
     SOPModel,
 )
-from sop_hf.trainer import TrainingMonitorCallback, effective_rank, feature_spread
-from sop_hf.trainer.monitor import (
+from sop_hf.evaluation.indicators import (
     agreement_and_kappa,
+    effective_rank,
+    feature_spread,
     mean_entropy_ratio,
     neighbour_similarity,
 )
-from sop_hf.trainer.plots import plot_training_curves, uniform_reference
+from sop_hf.methods import uniform_reference
+from sop_hf.training import TrainingMonitorCallback
+from sop_hf.training.plots import plot_training_curves
+from tests.conftest import lineage_model
 from tests.scripts.train_tiny import labelled_images
 from tests.test_trainer import run_script
 
@@ -124,8 +126,9 @@ def test_head_metrics__a_memory_of_copies_is_a_collapse_a_random_one_is_not():
 
 @pytest.mark.parametrize("method", ["massl", "carp", "carl"])
 def test_head_metrics__lineage_models(method):
-    sizes = dict(memory_size=64, block_size=16) if method == "massl" else dict(num_prototypes=32, block_size=8)
-    model = LineageForPreTraining(LineageConfig.for_method(method, **{**TINY_SOP, **sizes}))
+    sizes = {"massl": dict(memory_size=64, block_size=16), "carp": dict(num_prototypes=32, block_size=8),
+             "carl": dict(num_prototypes=32)}[method]
+    model = lineage_model(method, backbone={"model_type": "sop", **TINY_SOP}, **sizes)
     metrics = _monitor(k=3, head_samples=8).measure(model)
     assert ("memory_rank" in metrics) == (method == "massl")
     for key in ("head_rank", "support_similarity", "image_entropy_ratio", "view_agreement", "view_kappa"):
@@ -137,9 +140,9 @@ def test_plot__names_the_method_its_p_and_the_random_init_level(tmp_path):
                 "head_rank": 10.0, "memory_rank": 12.0, "effective_rank": 20.0, "support_similarity": 0.9}
                for s in (10, 20, 30)]  # fmt: skip
     history[0]["random_init_knn_top1@20"] = 0.46
-    config = LineageConfig.for_method("massl", **{**TINY_SOP, "memory_size": 64, "block_size": 16})
+    config = lineage_model("massl", backbone={"model_type": "sop", **TINY_SOP}, memory_size=64, block_size=16).config
     assert uniform_reference(config) == (16, "N_B") and uniform_reference(SOPConfig(**TINY_SOP)) == (4, "P'")
-    path = plot_training_curves(history, tmp_path / "c.png", method="massl", num_prototypes=16,
+    path = plot_training_curves(history, tmp_path / "c.png", method="MaSSL", num_prototypes=16,
                                 prototype_symbol="N_B")  # fmt: skip
     with Image.open(path) as png:
         assert png.width > 2.5 * png.height  # loss, k-NN and collapse panels
@@ -201,7 +204,7 @@ def _demo_run(tmp_path, *flags):
 @pytest.mark.slow
 def test_monitor__warns_on_the_collapsing_demo_and_stays_quiet_on_the_koleo_demo(tmp_path):
     # Without KoLeo and with the calibrated momentum 0.99 the demo's head output collapses within 100 steps.
-    collapsed = _demo_run(tmp_path / "plain", "--koleo_loss_weight", "0", "--momentum_teacher", "0.99")
+    collapsed = _demo_run(tmp_path / "plain", "--config_overrides", "koleo_loss_weight=0", "--momentum_teacher", "0.99")
     assert "Collapse indicators at step 100" in collapsed.stderr and "support_similarity" in collapsed.stderr
     healthy = _demo_run(tmp_path / "koleo")  # the demo recipe: KoLeo 0.1, momentum 0.95
     assert "Collapse indicators" not in healthy.stderr

@@ -39,7 +39,7 @@ def test_sop_beats_random_init_on_fashion_mnist(tmp_path):
         # Selected explicitly (-m quality): a gate without its data must not pass as a skip.
         pytest.fail("the quality gate needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist")
     cmd = [sys.executable, str(ROOT / "examples" / "pretrain_sop.py"), "--dataset_name", "fashion_mnist_debian",
-           "--class_memory_size", "4096",
+           "--config_overrides", "class_memory_size=4096",
            "--max_steps", str(STEPS), "--warmup_steps", str(STEPS // 10), "--save_strategy", "no", "--seed", "0",
            "--max_eval_samples", "10000", "--output_dir", str(tmp_path), "--disable_tqdm", "true",
            "--monitor_steps", "290"]  # fmt: skip

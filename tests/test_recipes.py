@@ -1,80 +1,168 @@
-"""Named recipes: each one's values pinned against its source table, and each one parses into valid arguments."""
+"""Recipes: each one's values pinned against its source, each one builds its method's config, and a recipe means
+the same from flags, from a config file and in ``--help``; on the user's data without --recipe the choice follows the
+image size."""
 
-import importlib.util
-from pathlib import Path
+import json
 
 import pytest
-from transformers import HfArgumentParser
+import yaml
 
-from sop_hf import LineageConfig, SOPConfig
-from sop_hf.trainer import SOPTrainingArguments
-from sop_hf.trainer.recipes import RECIPES, recipe_argv
+from sop_hf import SOPConfig
+from sop_hf.methods import METHODS, build_config, get_method, recipe_owner
+from tests.conftest import load_example
 
-ROOT = Path(__file__).parent.parent
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("pretrain_sop_for_recipes", ROOT / "examples" / "pretrain_sop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ALL = [(method, name) for method, spec in METHODS.items() for name in spec.recipes]
 
 
-def parse(name: str, tmp_path):
-    script = _script()
-    parser = HfArgumentParser((script.ModelArguments, script.DataArguments, SOPTrainingArguments))
-    return parser.parse_args_into_dataclasses(recipe_argv(name) + ["--output_dir", str(tmp_path), "--bf16", "false"])
+@pytest.fixture(scope="module")
+def script():
+    return load_example()
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
-def test_recipe__parses_and_builds_its_config(name, tmp_path):
-    model_args, data_args, _ = parse(name, tmp_path)
-    config = model_args.to_config()
-    assert isinstance(config, LineageConfig if model_args.method != "sop" else SOPConfig)
-    assert data_args.global_crop_size == config.image_size
+@pytest.mark.parametrize("method, name", ALL)
+def test_recipe__builds_its_methods_config_and_parses(method, name, script, tmp_path):
+    values = METHODS[method].recipes[name]
+    config = build_config(method, values["model"])
+    assert isinstance(config, METHODS[method].config_class)
+    crop = values["data"]["global_crop_size"]
+    assert crop == config.image_size  # the crops are what the encoder is built for
+    argv = ["--method", method, "--recipe", name, "--output_dir", str(tmp_path), "--bf16", "false"]
+    model_args, data_args, training_args, recipe, _, automatic = script.parse_arguments(argv)
+    assert (model_args.method, model_args.recipe, recipe, automatic) == (method, name, name, False)
+    assert data_args.global_crop_size == crop
+    assert training_args.learning_rate == values["training"]["learning_rate"]
 
 
-# Each row: the recipe, then (section, field, value) as its source states it (see the comment above each recipe).
-PINNED = {
-    "demo": [("model", "koleo_loss_weight", 0.1), ("training", "momentum_teacher", 0.95),
-             ("training", "learning_rate", 3e-3), ("training", "max_steps", 500), ("model", "class_memory_size", 1024),
-             ("model", "num_anchors", 256), ("model", "num_support", 5), ("data", "num_local_crops", 0),
-             ("model", "memory_size", 1024), ("model", "block_size", 256), ("model", "num_prototypes", 1024)],
-    "vit_small_imagenet": [("model", "preset", "vit_small"), ("data", "global_crop_scale", (0.14, 1.0)),
-                           ("data", "num_local_crops", 0), ("training", "learning_rate", 5e-4),
-                           ("training", "momentum_teacher", 0.996), ("training", "weight_decay_end", 0.4),
-                           ("training", "teacher_temp", 0.04), ("training", "warmup_epochs", 10)],
-    "vit_small_imagenet_multicrop": [("model", "num_anchors", 4096), ("model", "num_support", 9),
-                                     ("model", "class_memory_size", 65536), ("data", "num_local_crops", 10),
-                                     ("data", "global_crop_scale", (0.25, 1.0)),
-                                     ("data", "local_crop_scale", (0.05, 0.25)), ("data", "mask_ratio", (0.0, 0.3)),
-                                     ("data", "mask_ratio_var", (0.0, 0.2)),
-                                     ("training", "per_device_train_batch_size", 64)],
-    "vit_large_imagenet_multicrop": [("model", "preset", "vit_large"), ("data", "num_local_crops", 10),
-                                     ("model", "num_anchors", 4096)],
-    "massl_vit_small_imagenet": [("model", "method", "massl"), ("model", "memory_size", 131072),
-                                 ("model", "block_size", 16384), ("data", "global_crop_scale", (0.32, 1.0)),
-                                 ("data", "local_crop_scale", (0.05, 0.32)), ("data", "num_local_crops", 10),
-                                 ("training", "num_train_epochs", 800), ("training", "learning_rate", 5e-4),
-                                 ("training", "warmup_epochs", 0), ("training", "momentum_teacher", 0.992)],
-    "massl_vit_base_imagenet": [("training", "num_train_epochs", 400), ("training", "learning_rate", 7.5e-4),
-                                ("training", "warmup_epochs", 10), ("training", "momentum_teacher", 0.996),
-                                ("training", "warmup_teacher_temp_epochs", 50)],
-    "carp_resnet50_imagenet": [("model", "method", "carp"), ("model", "encoder_type", "resnet"),
-                               ("model", "num_prototypes", 65536), ("model", "block_size", 512),
-                               ("data", "num_local_crops", 6), ("data", "global_crop_scale", (0.2, 1.0)),
-                               ("data", "local_crop_scale", (0.05, 0.2)), ("training", "per_device_train_batch_size", 32),
-                               ("training", "momentum_teacher", 0.99), ("training", "weight_decay", 1e-6)],
-}  # fmt: skip
+# Each row: (method, recipe, section, field, value) as its source states it (see the comment above each recipe).
+PINNED = [
+    ("sop", "demo", "model", "koleo_loss_weight", 0.1), ("sop", "demo", "training", "momentum_teacher", 0.95),
+    ("sop", "demo", "training", "learning_rate", 3e-3), ("sop", "demo", "training", "max_steps", 500),
+    ("sop", "demo", "model", "class_memory_size", 1024), ("sop", "demo", "model", "num_anchors", 256),
+    ("sop", "demo", "model", "num_support", 5), ("sop", "demo", "data", "num_local_crops", 0),
+    ("massl", "demo", "model", "memory_size", 1024), ("massl", "demo", "model", "block_size", 256),
+    ("carp", "demo", "model", "num_prototypes", 1024), ("carp", "demo", "model", "block_size", 256),
+    ("carl", "demo", "model", "num_prototypes", 1024),
+    ("sop", "vit_small_imagenet", "model", "preset", "vit_small"), ("sop", "vit_small_imagenet", "model", "num_anchors", 64),
+    ("sop", "vit_small_imagenet", "data", "global_crop_scale", (0.14, 1.0)),
+    ("sop", "vit_small_imagenet", "data", "num_local_crops", 0), ("sop", "vit_small_imagenet", "training", "learning_rate", 5e-4),
+    ("sop", "vit_small_imagenet", "training", "momentum_teacher", 0.996),
+    ("sop", "vit_small_imagenet", "training", "weight_decay_end", 0.4),
+    ("sop", "vit_small_imagenet", "training", "teacher_temp", 0.04), ("sop", "vit_small_imagenet", "training", "warmup_epochs", 10),
+    ("sop", "vit_small_imagenet_multicrop", "model", "num_anchors", 4096),
+    ("sop", "vit_small_imagenet_multicrop", "model", "num_support", 9),
+    ("sop", "vit_small_imagenet_multicrop", "model", "class_memory_size", 65536),
+    ("sop", "vit_small_imagenet_multicrop", "data", "num_local_crops", 10),
+    ("sop", "vit_small_imagenet_multicrop", "data", "global_crop_scale", (0.25, 1.0)),
+    ("sop", "vit_small_imagenet_multicrop", "data", "local_crop_scale", (0.05, 0.25)),
+    ("sop", "vit_small_imagenet_multicrop", "data", "mask_ratio", (0.0, 0.3)),
+    ("sop", "vit_small_imagenet_multicrop", "data", "mask_ratio_var", (0.0, 0.2)),
+    ("sop", "vit_small_imagenet_multicrop", "training", "per_device_train_batch_size", 64),
+    ("sop", "vit_large_imagenet_multicrop", "model", "preset", "vit_large"),
+    ("sop", "vit_large_imagenet_multicrop", "data", "num_local_crops", 10),
+    ("massl", "massl_vit_small_imagenet", "model", "memory_size", 131072),
+    ("massl", "massl_vit_small_imagenet", "model", "block_size", 16384),
+    ("massl", "massl_vit_small_imagenet", "data", "global_crop_scale", (0.32, 1.0)),
+    ("massl", "massl_vit_small_imagenet", "data", "local_crop_scale", (0.05, 0.32)),
+    ("massl", "massl_vit_small_imagenet", "data", "num_local_crops", 10),
+    ("massl", "massl_vit_small_imagenet", "training", "num_train_epochs", 800),
+    ("massl", "massl_vit_small_imagenet", "training", "learning_rate", 5e-4),
+    ("massl", "massl_vit_small_imagenet", "training", "warmup_epochs", 0),
+    ("massl", "massl_vit_small_imagenet", "training", "momentum_teacher", 0.992),
+    ("massl", "massl_vit_base_imagenet", "training", "num_train_epochs", 400),
+    ("massl", "massl_vit_base_imagenet", "training", "learning_rate", 7.5e-4),
+    ("massl", "massl_vit_base_imagenet", "training", "warmup_epochs", 10),
+    ("massl", "massl_vit_base_imagenet", "training", "momentum_teacher", 0.996),
+    ("massl", "massl_vit_base_imagenet", "training", "warmup_teacher_temp_epochs", 50),
+    ("carp", "carp_resnet50_imagenet", "model", "num_prototypes", 65536),
+    ("carp", "carp_resnet50_imagenet", "model", "block_size", 512),
+    ("carp", "carp_resnet50_imagenet", "data", "num_local_crops", 6),
+    ("carp", "carp_resnet50_imagenet", "data", "global_crop_scale", (0.2, 1.0)),
+    ("carp", "carp_resnet50_imagenet", "data", "local_crop_scale", (0.05, 0.2)),
+    ("carp", "carp_resnet50_imagenet", "training", "per_device_train_batch_size", 32),
+    ("carp", "carp_resnet50_imagenet", "training", "momentum_teacher", 0.99),
+    ("carp", "carp_resnet50_imagenet", "training", "weight_decay", 1e-6),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(PINNED))
-def test_recipe__values_match_their_source(name):
-    for section, field, value in PINNED[name]:
-        assert RECIPES[name][section][field] == value, (name, section, field)
+@pytest.mark.parametrize("method, name, section, field, value", PINNED)
+def test_recipe__values_match_their_source(method, name, section, field, value):
+    assert METHODS[method].recipes[name][section][field] == value
+
+
+def test_recipe__carp_resnet50_is_a_resnet_50():
+    config = build_config("carp", METHODS["carp"].recipes["carp_resnet50_imagenet"]["model"])
+    assert config.is_resnet and list(config.backbone_config.depths) == [3, 4, 6, 3] and config.encoder_width == 2048
 
 
 def test_recipe__imagenet_multicrop_recipes_share_the_sop_paper_bank_and_ibot_crops():
-    names = [n for n in RECIPES if n.endswith("_imagenet_multicrop")]
+    names = [n for n in METHODS["sop"].recipes if n.endswith("_imagenet_multicrop")]
     assert sorted(names) == ["vit_base_imagenet_multicrop", "vit_large_imagenet_multicrop", "vit_small_imagenet_multicrop"]
-    assert len({tuple(sorted(RECIPES[n]["data"].items())) for n in names}) == 1
+    assert len({tuple(sorted(METHODS["sop"].recipes[n]["data"].items())) for n in names}) == 1
+
+
+def test_recipe_owner__finds_the_method_and_names_the_choices():
+    assert recipe_owner("massl_vit_small_imagenet")[0] == "massl"
+    assert recipe_owner("demo")[0] == "sop" and recipe_owner("demo", "carl")[0] == "carl"
+    with pytest.raises(ValueError, match="--recipe must be one of .*vit_small_imagenet"):
+        recipe_owner("nope")
+    with pytest.raises(ValueError, match="'vit_small_imagenet' is not a carp recipe; carp has demo, carp_resnet50"):
+        recipe_owner("vit_small_imagenet", "carp")
+
+
+def test_flags__override_the_recipe_and_config_overrides_change_single_fields(script, tmp_path):
+    argv = ["--recipe", "demo", "--max_steps", "7", "--global_crop_size", "32", "--output_dir", str(tmp_path),
+            "--config_overrides", "num_anchors=128,koleo_loss_weight=0.2,image_size=32"]
+    model_args, data_args, training_args, _, values, _ = script.parse_arguments(argv)
+    assert training_args.max_steps == 7 and training_args.learning_rate == 3e-3  # flag wins, the rest is the recipe
+    assert data_args.global_crop_size == 32
+    config, _ = script.build_model(model_args, values)
+    assert (config.num_anchors, config.koleo_loss_weight, config.image_size) == (128, 0.2, 32)
+    assert config.num_support == 5  # from the recipe
+    model_args.config_overrides = "num_anchor=3"
+    with pytest.raises(ValueError, match="unknown SOPConfig field.*num_anchor"):
+        script.build_model(model_args, values)
+    model_args.config_overrides = "num_anchors"
+    with pytest.raises(ValueError, match="entries must be FIELD=VALUE"):
+        model_args.overrides()
+
+
+def test_config_file__with_a_recipe_equals_the_same_flags(script, tmp_path):
+    flags = ["--method", "massl", "--recipe", "demo", "--max_steps", "9", "--config_overrides", "block_size=128",
+             "--output_dir", str(tmp_path)]
+    file = tmp_path / "run.yaml"
+    file.write_text(yaml.safe_dump({"method": "massl", "recipe": "demo", "max_steps": 9,
+                                    "config_overrides": "block_size=128", "output_dir": str(tmp_path)}))
+    from_flags, from_file = script.parse_arguments(flags), script.parse_arguments([str(file)])
+    for a, b in zip(from_flags[:3], from_file[:3], strict=True):
+        assert a.to_dict() == b.to_dict() if hasattr(a, "to_dict") else vars(a) == vars(b)
+    config_a, _ = script.build_model(from_flags[0], from_flags[4])
+    config_b, _ = script.build_model(from_file[0], from_file[4])
+    assert config_a.to_dict() == config_b.to_dict() and config_a.block_size == 128
+    json_file = tmp_path / "run.json"
+    json_file.write_text(json.dumps({"recipe": "massl_vit_small_imagenet", "output_dir": str(tmp_path), "bf16": False}))
+    model_args, data_args, _, _, _, _ = script.parse_arguments([str(json_file)])
+    assert model_args.method == "massl" and data_args.num_local_crops == 10  # the recipe names its method
+
+
+def test_help__shows_the_values_of_the_chosen_recipe(script, capsys):
+    for argv, expected in ((["--help"], "(default: 0.003)"), (["--recipe", "vit_small_imagenet", "--help"], "(default: 0.0005)")):
+        with pytest.raises(SystemExit):
+            script.parse_arguments(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--config_overrides" in text and "sop: demo, vit_small_imagenet" in text
+        start = text.index("--learning_rate LEARNING_RATE", text.index("options:"))
+        lr_help = text[start : start + 400]
+        assert expected in lr_help, lr_help
+
+
+def test_auto_recipe__follows_the_image_size():
+    for side, patch, crop in ((28, 4, 28), (33, 4, 32), (96, 8, 96), (150, 8, 144)):
+        label, values = load_example().recipe_for_images("sop", side)
+        assert (values["model"]["patch_size"], values["model"]["image_size"], values["data"]["global_crop_size"]) == (
+            patch, crop, crop), side
+        assert "dataset_name" not in values["data"]  # the user's data, never the embedded demo set
+        SOPConfig(**{k: v for k, v in values["model"].items() if k != "preset"})
+    assert load_example().recipe_for_images("sop", 500)[0] == "vit_small_imagenet"
+    label, values = load_example().recipe_for_images("carp", 500)
+    assert values["model"]["backbone_config"]["image_size"] == 224
+    assert get_method("sop").recipes["demo"]["model"]["image_size"] == 28  # the recipes themselves are not changed

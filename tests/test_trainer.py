@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sop_hf.trainer import PerParameterClipCallback, SOPTrainingArguments, cosine_schedule, warmup_constant_schedule
-from sop_hf.trainer.recipes import RECIPES, pop_recipe, recipe_argv
+from sop_hf.training import PerParameterClipCallback, SOPTrainingArguments, cosine_schedule, warmup_constant_schedule
 
 SCRIPT = str(Path(__file__).parent / "scripts" / "train_tiny.py")
 ROOT = str(Path(__file__).parent.parent)
@@ -77,23 +76,13 @@ def test_per_parameter_clip__each_tensor_separately():
     torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4]))  # norm 0.5 untouched
 
 
-def test_recipes__flags_override_recipe():
-    name, rest = pop_recipe(["--max_steps", "7", "--recipe", "demo"])
-    assert name == "demo" and rest == ["--max_steps", "7"]
-    argv = recipe_argv("demo") + rest
-    assert argv.index("--max_steps") < len(argv) - 2 and argv[-1] == "7"  # the user's value comes last and wins
-    with pytest.raises(ValueError, match="--recipe must be one of"):
-        pop_recipe(["--recipe", "nope"])
-    assert set(RECIPES) >= {"demo", "vit_small_imagenet", "vit_base_imagenet"}
-
-
 # --- the trainer on a tiny model ------------------------------------------------------------------------------
 
 
 def test_trainer__optimizer_groups_lr_scaling_and_ema(tmp_path):
     from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
     from sop_hf import SOPConfig, SOPForPreTraining
-    from sop_hf.trainer import SOPTrainer
+    from sop_hf.training import SOPTrainer
 
     model = SOPForPreTraining(SOPConfig(**TINY))
     args = SOPTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
@@ -131,7 +120,7 @@ def test_resume__killed_run_continues_exactly(tmp_path):
 
 
 def test_resume__incomplete_checkpoint_skipped_missing_state_named(tmp_path):
-    from sop_hf.trainer.sop_trainer import last_complete_checkpoint, verify_checkpoint
+    from sop_hf.training.trainer import last_complete_checkpoint, verify_checkpoint
 
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     run_script(straight, "--max_steps", 6)
@@ -159,7 +148,7 @@ def test_resume__incomplete_checkpoint_skipped_missing_state_named(tmp_path):
 def test_sharded_strategies__refused_with_what_works(tmp_path, monkeypatch):
     from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
     from sop_hf import SOPConfig, SOPForPreTraining
-    from sop_hf.trainer import SOPTrainer
+    from sop_hf.training import SOPTrainer
 
     def build(**kwargs):
         args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **kwargs)
@@ -176,7 +165,7 @@ def test_sharded_strategies__refused_with_what_works(tmp_path, monkeypatch):
 def test_small_data__refused_before_compute_naming_both_sizes(tmp_path):
     from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
     from sop_hf import SOPConfig, SOPForPreTraining
-    from sop_hf.trainer import SOPTrainer
+    from sop_hf.training import SOPTrainer
 
     args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=128)
     with pytest.raises(ValueError, match=r"holds 64 images, fewer than one global batch of 128"):

@@ -7,20 +7,28 @@ Importing the package registers ``SOPConfig`` / ``SOPModel`` / ``SOPImageProcess
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_sop import PRESETS, SOPConfig
-from .convert import load_original_checkpoint
-from .export import export_to_vit, save_stock_vit
-from .heads import SOPHead
-from .hub import build_model_card, push_encoder_to_hub, save_encoder
+from .hub import build_model_card, export_to_vit, load_original_checkpoint, push_encoder_to_hub, save_encoder, save_stock_vit
 from .image_processing_sop import SOPImageProcessor
-from .memory_bank import MemoryBank
-from .modeling_lineage import LineageConfig, LineageForPreTraining
+from .methods import (
+    METHODS,
+    CARLConfig,
+    CARLForPreTraining,
+    CARPConfig,
+    CARPForPreTraining,
+    MaSSLConfig,
+    MaSSLForPreTraining,
+    SOPForPreTraining,
+    SOPForPreTrainingOutput,
+)
 from .modeling_sop import SOPBackbone, SOPForImageClassification, SOPModel, SOPPreTrainedModel
-from .modeling_sop_pretraining import SOPForPreTraining, SOPForPreTrainingOutput
+from .modules import MemoryBank, SOPHead
 
 __version__ = "0.1.0"
 
 AutoConfig.register(SOPConfig.model_type, SOPConfig, exist_ok=True)
-AutoConfig.register(LineageConfig.model_type, LineageConfig, exist_ok=True)
+for _method in METHODS.values():  # pretraining checkpoints of every method load with AutoConfig
+    if _method.config_class is not SOPConfig:
+        AutoConfig.register(_method.config_class.model_type, _method.config_class, exist_ok=True)
 AutoModel.register(SOPConfig, SOPModel, exist_ok=True)
 AutoModelForImageClassification.register(SOPConfig, SOPForImageClassification, exist_ok=True)
 AutoBackbone.register(SOPConfig, SOPBackbone, exist_ok=True)
@@ -35,8 +43,13 @@ SOPImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "PRESETS",
-    "LineageConfig",
-    "LineageForPreTraining",
+    "CARLConfig",
+    "CARLForPreTraining",
+    "CARPConfig",
+    "CARPForPreTraining",
+    "METHODS",
+    "MaSSLConfig",
+    "MaSSLForPreTraining",
     "MemoryBank",
     "SOPBackbone",
     "SOPConfig",

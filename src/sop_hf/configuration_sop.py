@@ -63,7 +63,7 @@ class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
         head_output_size: Output width ``d`` of the L2-normalised embedding that the memory banks store (256).
         head_num_layers: Linear layers of the head (3).
 
-    SOP [CLS] loss (METHOD.md sections 5-8):
+    SOP [CLS] loss (docs/method.md §5-§8):
         class_memory_size: Rows ``K`` of the class memory bank (65536). Lower for small datasets, so that the bank
             holds recent embeddings (the bank spans ``K / global_batch`` steps).
         num_anchors: Anchors ``P`` drawn per task (4096 at paper scale).

@@ -1,6 +1,6 @@
 """The SOP encoder as a transformers model: ``SOPPreTrainedModel`` and ``SOPModel``.
 
-``SOPModel`` is a DINO/iBOT-style pre-norm ViT (METHOD.md section 2): a [CLS] token, absolute position embeddings
+``SOPModel`` is a DINO/iBOT-style pre-norm ViT (docs/method.md §2): a [CLS] token, absolute position embeddings
 bicubically interpolated to any input size whose sides are multiples of the patch size, an optional learnable mask
 token that *replaces* the patch embeddings where ``bool_masked_pos`` is true, stochastic depth rising linearly over
 depth, attention through ``scaled_dot_product_attention`` (an explicit path when attentions are requested) and

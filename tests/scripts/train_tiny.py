@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
 from sop_hf import SOPImageProcessor  # noqa: E402
-from sop_hf.trainer import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves  # noqa: E402
+from sop_hf.training import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves  # noqa: E402
 
 TINY = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             head_hidden_size=32, head_output_size=16, class_memory_size=40, num_anchors=8, num_support=3,

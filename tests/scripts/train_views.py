@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
 from sop_hf.data import MultiCropDataArguments, build_train_dataset, collate_multicrop, load_image_dataset  # noqa: E402
 from sop_hf.data.pipeline import views_digest  # noqa: E402
-from sop_hf.trainer import SOPTrainer, SOPTrainingArguments  # noqa: E402
+from sop_hf.training import SOPTrainer, SOPTrainingArguments  # noqa: E402
 
 TINY = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
             head_hidden_size=32, head_output_size=16, class_memory_size=32, num_anchors=8, num_support=3,

@@ -3,7 +3,7 @@
 What lives here:
     - tensor ops on float [3, H, W] images in [0, 1]: ``random_resized_crop_params``, ``adjust_*``, ``rgb_to_hsv``,
       ``hsv_to_rgb``, ``gaussian_blur``, ``solarize``;
-    - ``MultiCropAugmentation``: one RGB image -> its global and local crops (METHOD.md section 3).
+    - ``MultiCropAugmentation``: one RGB image -> its global and local crops (docs/method.md §3).
 
 Image decoding and mode repair live in ``data.images``, masks in ``data.masking``, and the dataset wrappers, sampler
 and collator that turn these crops into training batches in ``data.pipeline``. Nothing here imports the model code,
@@ -204,7 +204,7 @@ def _check_prob(name: str, value: float) -> float:
 class MultiCropAugmentation:
     """DINO/iBOT multi-crop: one RGB image -> ``num_global_crops`` global and ``num_local_crops`` local crops.
 
-    Defaults are SOP's ImageNet recipe (METHOD.md section 3). Per crop: RandomResizedCrop (the crop is cut from the
+    Defaults are SOP's ImageNet recipe (docs/method.md §3). Per crop: RandomResizedCrop (the crop is cut from the
     uint8 image, and only it is converted to float and resized, bicubic with antialiasing, clamped to [0, 1]) ->
     flip -> colour jitter (brightness, contrast, saturation, hue in random order) -> grayscale -> Gaussian blur ->
     solarize -> ``(x - mean) / std``. Global crop 0 uses the first entry of ``global_blur_probs`` /

@@ -3,7 +3,7 @@
 Ported from bytedance/ibot ``loader.py`` (``ImageFolderMask``, arXiv 2111.07832), which follows BEiT's
 ``masking_generator.py`` (arXiv 2106.08254):
 https://github.com/bytedance/ibot/blob/c24f870dc85c0322200e66399c05af193b8c9554/loader.py
-SOP's own ``loader.py`` is not public; METHOD.md section 3 states the recipe used here. Randomness comes only from
+SOP's own ``loader.py`` is not public; docs/method.md §3 states the recipe used here. Randomness comes only from
 an explicit ``torch.Generator`` (iBOT uses the global ``random`` and ``np.random`` modules), so the masks are
 reproducible, but not the same random stream as iBOT.
 
@@ -124,7 +124,7 @@ class BlockMaskGenerator:
 class MaskingPolicy:
     """Draws each crop's mask ratio (iBOT's ``pred_ratio`` rules) and makes its mask.
 
-    Ratio rules (METHOD.md section 3):
+    Ratio rules (docs/method.md §3):
         - before ``start_epoch``: r = 0 (nothing masked);
         - one ratio r with variation v: r ~ U[r - v, r + v] (exactly r when v = 0);
         - several ratios: one (r_i, v_i) pair is chosen uniformly per crop, then as above. iBOT draws every

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
-from ..modeling_sop_pretraining import _stream_seed
+from ..seeding import stream_seed
 from .augmentations import MultiCropAugmentation
 from .images import ImageIssueCounter, to_rgb_image
 from .masking import BlockMaskGenerator, MaskingPolicy
@@ -104,7 +104,7 @@ class ViewMaker:
     def __call__(self, image, epoch: int, *stream: int) -> dict[str, torch.Tensor]:
         augmentation = self.augmentation
         num_views = augmentation.num_global_crops + augmentation.num_local_crops
-        generators = [torch.Generator().manual_seed(_stream_seed(self.seed, epoch, *stream, view))
+        generators = [torch.Generator().manual_seed(stream_seed(self.seed, epoch, *stream, view))
                       for view in range(num_views)]  # fmt: skip
         global_crops, local_crops = augmentation(image, generators)
         example = {"global_crops": torch.stack(global_crops)}  # [2, 3, H, W]
@@ -113,7 +113,7 @@ class ViewMaker:
         if self.masks is not None:
             masks = []
             for view in range(len(global_crops)):
-                generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, *stream, view, MASK_STREAM))
+                generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, *stream, view, MASK_STREAM))
                 masks.append(self.masks(generator, epoch))
             example["masks"] = torch.stack(masks)  # [2, L]
         return example
@@ -180,7 +180,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
         size = len(self)
         if size < 2:
             return index
-        return (index + 1 + _stream_seed(self.views.seed, index, attempt, 7) % (size - 1)) % size
+        return (index + 1 + stream_seed(self.views.seed, index, attempt, 7) % (size - 1)) % size
 
     def __getitem__(self, item) -> dict[str, torch.Tensor]:
         epoch, index = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (self.epoch, int(item))
@@ -290,7 +290,7 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         epoch = self.epoch
         if self.shuffle:
-            generator = torch.Generator().manual_seed(_stream_seed(self.seed, epoch, 0x5A3))
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, 0x5A3))
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = range(self.num_samples)

@@ -7,7 +7,7 @@
 - ``retrieval``: cosine ranking, mAP with junk handling, revisited Oxford/Paris protocols;
 - ``visualize``: last-block [CLS] attention maps and 2-D feature scatters;
 - ``metrics/``: ``evaluate`` modules loadable offline (``load_metric("knn_accuracy")``);
-- ``eval_cli``: the ``sop-eval {knn,linear,retrieval}`` and ``sop-visualize`` commands.
+- ``indicators``: collapse indicators (effective rank, spread, neighbour similarity, assignment entropy).
 """
 
 from .cache import FeatureCache, cached_extract_features, feature_cache_key, hash_state_dict

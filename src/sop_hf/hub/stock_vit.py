@@ -7,11 +7,11 @@ model as safetensors together with a stock ``BitImageProcessor`` config (resize 
 ImageNet mean/std) that ``AutoImageProcessor`` resolves with plain transformers and without torchvision. The
 resulting folder works with ``AutoModel``, ``ViTModel`` and ``pipeline("image-feature-extraction", model=dir)``.
 
-From the command line the same export is ``sop-export --model DIR --output_dir OUT`` (see ``sop_hf.cli``).
+From the command line the same export is ``sop-export --model DIR --output_dir OUT`` (see ``sop_hf.cli.export``).
 
 >>> import torch
 >>> from sop_hf import SOPConfig, SOPModel
->>> from sop_hf.export import export_to_vit
+>>> from sop_hf.hub.stock_vit import export_to_vit
 >>> encoder = SOPModel(SOPConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
 ...     num_attention_heads=2)).eval()
 >>> vit = export_to_vit(encoder)
@@ -28,8 +28,8 @@ import torch
 from transformers import BitImageProcessorPil, ViTConfig, ViTModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
-from .configuration_sop import SOPConfig
-from .modeling_sop import SOPModel
+from ..configuration_sop import SOPConfig
+from ..modeling_sop import SOPModel
 
 logger = logging.getLogger(__name__)
 

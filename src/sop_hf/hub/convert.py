@@ -13,10 +13,10 @@ Training checkpoints (``checkpoint.pth``) nest them under ``teacher`` / ``studen
 not the backbone (logging how many tensors) and renames to ``SOPModel`` names. The fused ``qkv`` keeps its layout
 (rows ``[q; k; v]``, heads contiguous), which is also ``SOPAttention``'s. ``infer_config_from_state_dict`` reads the
 sizes from the shapes (the head count cannot be read: it defaults to 64-dim heads), and ``load_original_checkpoint``
-does all three steps. From the command line: ``sop-convert --checkpoint ckpt.pth --output_dir OUT`` (``sop_hf.cli``).
+does all three steps. From the command line: ``sop-convert --checkpoint ckpt.pth --output_dir OUT`` (``sop_hf.cli.convert``).
 
 >>> import torch
->>> from sop_hf.convert import load_original_checkpoint
+>>> from sop_hf.hub.convert import load_original_checkpoint
 >>> encoder = load_original_checkpoint("checkpoint.pth", which="teacher")  # doctest: +SKIP
 >>> encoder(torch.randn(1, 3, 224, 224)).pooler_output.shape  # doctest: +SKIP
 torch.Size([1, 384])
@@ -30,8 +30,8 @@ import re
 
 import torch
 
-from .configuration_sop import SOPConfig
-from .modeling_sop import SOPModel
+from ..configuration_sop import SOPConfig
+from ..modeling_sop import SOPModel
 
 logger = logging.getLogger(__name__)
 

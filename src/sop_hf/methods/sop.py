@@ -1,6 +1,6 @@
 """SOPForPreTraining: student and EMA teacher encoders, projection heads, memory banks and the SOP / SOP-MIM losses.
 
-One training forward (METHOD.md section 4): the teacher encodes the unmasked global crops, the student the masked
+One training forward (docs/method.md §4): the teacher encodes the unmasked global crops, the student the masked
 global crops and the local crops; both banks are read (detached copies), the SOP [CLS] loss and the SOP-MIM patch
 loss are computed, then the teacher's second-view [CLS] embeddings and one random teacher patch per image of that
 view are enqueued. ``update_teacher(momentum)`` applies the EMA after the optimizer step.
@@ -24,17 +24,19 @@ pretraining checkpoint loads the *student* (it is stored under the base-model pr
 from dataclasses import dataclass
 
 import torch
-from transformers import initialization as init
+from torch.nn.functional import normalize
 from transformers.utils import ModelOutput
 
-from ._dist import get_rank
-from .configuration_sop import SOPConfig
-from .heads import SOPHead
-from .losses import SOPClassLoss, SOPPatchLoss, koleo_loss
-from .memory_bank import MemoryBank
-from .modeling_sop import SOPModel, SOPPreTrainedModel
-
-NUM_GLOBAL_VIEWS = 2  # SOP, like DINO/iBOT, pairs two global views; the teacher sees only these.
+from ..configuration_sop import SOPConfig
+from ..evaluation.indicators import MAX_RANK_ROWS, effective_rank
+from ..losses.koleo import koleo_loss
+from ..losses.sop import SOPClassLoss, SOPPatchLoss, build_support_prototypes, draw_anchor_indices, prototype_assignments
+from ..modeling_sop import SOPModel
+from ..modules.distributed import get_rank
+from ..modules.heads import SOPHead
+from ..modules.memory_bank import MemoryBank
+from ..training.recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IBOT_MULTICROP, IMAGENET_TRAINING, recipe
+from .core import NUM_GLOBAL_VIEWS, Method, StudentTeacherPreTrainedModel
 
 
 @dataclass
@@ -59,113 +61,6 @@ class SOPForPreTrainingOutput(ModelOutput):
     teacher_entropy: torch.FloatTensor | None = None
     student_embeddings: torch.FloatTensor | None = None
     teacher_embeddings: torch.FloatTensor | None = None
-
-
-def _stream_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, step, stream, rank ...), so each random stream is reproducible."""
-    value = 0x5DEECE66D
-    for part in parts:
-        value = (value * 6364136223846793005 + int(part) + 1442695040888963407) % (1 << 63)
-    return value
-
-
-class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
-    """What every self-distillation method here shares: an EMA teacher of the student, seeded random streams and
-    encoder export. Subclasses define ``ema_pairs`` ((student module, teacher module) attribute names), ``sop``,
-    ``teacher`` and a persistent ``step_count`` buffer."""
-
-    ema_pairs: tuple[tuple[str, str], ...] = (("sop", "teacher"), ("head", "teacher_head"))
-
-    def _init_weights(self, module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, MemoryBank):
-            rows = torch.nn.functional.normalize(torch.randn(module.size, module.dim, device=module.rows.device), dim=1)
-            init.copy_(module.rows, rows)
-            init.zeros_(module.ptr)
-        elif module is self and hasattr(self, "step_count"):
-            init.zeros_(self.step_count)
-            self.__dict__["_cached_step"] = None
-
-    def teacher_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for _, teacher in self.ema_pairs for p in getattr(self, teacher).parameters()]
-
-    def _shared_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(teacher, student) parameters shared by name; student-only ones (the mask token) are left out."""
-        teachers, students = [], []
-        for student_name, teacher_name in self.ema_pairs:
-            student = dict(getattr(self, student_name).named_parameters())
-            for name, param in getattr(self, teacher_name).named_parameters():
-                if name in student:
-                    teachers.append(param)
-                    students.append(student[name])
-        return teachers, students
-
-    def freeze_and_sync_teacher(self) -> None:
-        """Call at the end of ``__init__``: no gradient for the teacher, which starts as a copy of the student."""
-        for param in self.teacher_parameters():
-            param.requires_grad_(False)
-        if not next(self.sop.parameters()).is_meta:
-            self.copy_student_to_teacher()
-
-    @torch.no_grad()
-    def copy_student_to_teacher(self) -> None:
-        teacher, student = self._shared_pairs()
-        torch._foreach_copy_(teacher, [s.detach() for s in student])
-
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """EMA over the shared parameters: theta_t <- m * theta_t + (1 - m) * theta_s. Call after the optimizer step."""
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        if momentum == 1.0:
-            return
-        teacher, student = self._shared_pairs()
-        torch._foreach_lerp_(teacher, [s.detach().to(t.dtype) for t, s in zip(teacher, student)], 1.0 - momentum)
-
-    def _host_step(self) -> int:
-        """``step_count`` as a Python int, read from the buffer once after construction or a load (one host sync)
-        and counted on the host afterwards, so the training step never waits on the device."""
-        cached = self.__dict__.get("_cached_step")
-        if cached is None:
-            cached = int(self.step_count)
-            self.__dict__["_cached_step"] = cached
-        return cached
-
-    def _advance_step(self) -> None:
-        """Count one training forward (the anchor streams' step) on the device buffer and the host mirror."""
-        step = self._host_step()
-        self.step_count += 1
-        self.__dict__["_cached_step"] = step + 1
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self.__dict__["_cached_step"] = None  # the buffer may change: read it again at the next step
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _generator(self, stream: int, rank: int = 0) -> torch.Generator:
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(_stream_seed(self.anchor_seed, self._host_step(), stream, rank))
-        return generator
-
-    def backbone(self, which: str = "teacher") -> torch.nn.Module:
-        """The live teacher or student encoder (no copy): what evaluation during training runs on."""
-        if which not in ("teacher", "student"):
-            raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
-        return self.teacher if which == "teacher" else self.sop
-
-    def build_export_encoder(self) -> SOPModel:
-        """A fresh encoder of the exported architecture: an ``SOPModel`` without mask token or SOP-MIM weight."""
-        fields = set(SOPConfig.__dataclass_fields__) - {"model_type", "architectures", "auto_map"}
-        values = {k: v for k, v in self.config.to_dict().items() if k in fields}
-        return SOPModel(SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0}))
-
-    def export_encoder(self, which: str = "teacher") -> torch.nn.Module:
-        """A standalone encoder (no banks, no heads, no mask token) holding the teacher's or student's weights (and
-        BatchNorm statistics, for a ResNet): an ``SOPModel``, or a ``ResNetModel`` for ResNet lineage models."""
-        source = self.backbone(which)
-        encoder = self.build_export_encoder()
-        state = {k: v for k, v in source.state_dict().items() if not k.endswith("mask_token")}
-        encoder.load_state_dict(state, strict=True)
-        return encoder.to(next(source.parameters()).dtype).eval()
 
 
 class SOPForPreTraining(StudentTeacherPreTrainedModel):
@@ -196,6 +91,30 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
         self.anchor_seed = 0
         self.post_init()
         self.freeze_and_sync_teacher()
+
+    def build_export_encoder(self) -> SOPModel:
+        """A fresh encoder of the exported architecture: an ``SOPModel`` without mask token or SOP-MIM weight."""
+        fields = set(SOPConfig.__dataclass_fields__) - {"model_type", "architectures", "auto_map"}
+        values = {k: v for k, v in self.config.to_dict().items() if k in fields}
+        return SOPModel(SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0}))
+
+    @torch.no_grad()
+    def probe_assignments(self, embeddings, teacher_temp, generator, which="teacher"):
+        """Assignments to prototypes built from the class memory as in training (anchors, supports, votes); the
+        memory's effective rank and the mean anchor-support vote (``support_similarity``)."""
+        config, metrics = self.config, {}
+        memory = self.class_memory.read().float()  # [K, d]
+        rows = memory
+        if rows.shape[0] > MAX_RANK_ROWS:
+            rows = rows[torch.randperm(rows.shape[0], generator=generator)[:MAX_RANK_ROWS].to(rows.device)]
+        metrics["memory_rank"] = round(effective_rank(rows), 4)
+        kept, dropped = draw_anchor_indices(memory.shape[0], config.num_anchors, config.num_kept_anchors, generator,
+                                            memory.device)  # fmt: skip
+        protos = build_support_prototypes(memory, kept, config.num_support, config.vote_smoothing, exclude_idx=dropped)
+        if protos.num_support > 1:
+            metrics["support_similarity"] = round(float(protos.votes[:, :-1].mean()), 6)
+        z = normalize(embeddings.float(), dim=1).to(memory.device)  # [N, d]
+        return prototype_assignments(z, protos, teacher_temp), metrics  # [N, P']
 
     def forward(
         self,
@@ -291,4 +210,87 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["SOPForPreTraining", "SOPForPreTrainingOutput", "StudentTeacherPreTrainedModel"]
+# SOP paper scale (docs/method.md §12; arXiv 2505.21533, Table 10): 4096 anchors per task, 9 supports, 4 tasks.
+_SOP_PAPER_BANK = dict(class_memory_size=65536, num_anchors=4096, num_support=9, num_tasks=4)
+# SOP reference code (sthalles/sop main script defaults; docs/method.md §12): 64 anchors per task, no local crops,
+# mask ratio 0.3.
+_SOP_CODE_DATA = dict(global_crop_size=224, global_crop_scale=(0.14, 1.0), num_local_crops=0, mask_ratio=(0.3,))
+
+RECIPES: dict[str, dict[str, dict]] = {
+    # The demo's ViT with a bank of the demo's scale (1024 rows, 256 anchors, 5 supports, 2 tasks), no SOP-MIM (28-px
+    # images have 49 patches), and KoLeo 0.1 against the head-output collapse of short runs (docs/method.md §20).
+    "demo": recipe(
+        dict(**DEMO_VIT, **DEMO_HEAD, class_memory_size=1024, num_anchors=256, num_support=5, num_tasks=2,
+             patch_memory_size=1024, num_patch_anchors=128, koleo_loss_weight=0.1),
+        DEMO_DATA, DEMO_TRAINING,
+    ),  # fmt: skip
+    "vit_small_imagenet": recipe(
+        dict(preset="vit_small", image_size=224, patch_size=16, drop_path_rate=0.1, num_anchors=64),
+        _SOP_CODE_DATA, IMAGENET_TRAINING,
+    ),  # fmt: skip
+    "vit_base_imagenet": recipe(
+        dict(preset="vit_base", image_size=224, patch_size=16, drop_path_rate=0.1, num_anchors=64),
+        _SOP_CODE_DATA, IMAGENET_TRAINING,
+    ),  # fmt: skip
+    # SOP paper scale + iBOT multi-crop: ViT-S/16 (iBOT: 64 images per GPU x 16 GPUs, teacher temperature 0.04 as in
+    # SOP's code; the SOP repository publishes no per-architecture epochs, so 100 as its code).
+    "vit_small_imagenet_multicrop": recipe(
+        dict(preset="vit_small", image_size=224, patch_size=16, drop_path_rate=0.1, **_SOP_PAPER_BANK),
+        IBOT_MULTICROP, {**IMAGENET_TRAINING, "per_device_train_batch_size": 64},
+    ),  # fmt: skip
+    # ViT-B/16: as ViT-S (iBOT trains ViT-B with the same crops and masks).
+    "vit_base_imagenet_multicrop": recipe(
+        dict(preset="vit_base", image_size=224, patch_size=16, drop_path_rate=0.1, **_SOP_PAPER_BANK),
+        IBOT_MULTICROP, {**IMAGENET_TRAINING, "per_device_train_batch_size": 64},
+    ),  # fmt: skip
+    # ViT-L/16: stochastic depth 0.3 (library choice inside the 0.2-0.4 range large ViTs use; the SOP repository
+    # gives none), smaller per-GPU batch to fit 10 local crops.
+    "vit_large_imagenet_multicrop": recipe(
+        dict(preset="vit_large", image_size=224, patch_size=16, drop_path_rate=0.3, **_SOP_PAPER_BANK),
+        IBOT_MULTICROP, {**IMAGENET_TRAINING, "per_device_train_batch_size": 32},
+    ),  # fmt: skip
+}
+
+_SOP_BIBTEX = """@inproceedings{silva2025sop,
+  title         = {Self-Organizing Visual Prototypes for Non-Parametric Representation Learning},
+  author        = {Silva, Thalles and Pedrini, Helio and Ram{\\'\\i}rez Rivera, Ad{\\'\\i}n},
+  booktitle     = {Proceedings of the 42nd International Conference on Machine Learning (ICML)},
+  year          = {2025},
+  eprint        = {2505.21533},
+  archivePrefix = {arXiv}
+}"""
+
+SOP = Method(
+    name="sop",
+    title="SOP",
+    summary=(
+        "SOP learns without a learnable prototype layer. The EMA teacher's [CLS] embeddings fill a FIFO memory "
+        "bank; every step draws random *anchors* from the bank and attaches to each one its k nearest "
+        "*support embeddings*. An anchor and its supports form a self-organizing prototype: a view is scored "
+        "against all support embeddings, each support votes for its prototype with a soft label (the anchor "
+        "votes most strongly), and the student is trained to reproduce the teacher's voted distribution over "
+        "prototypes across views. Several independent anchor draws (tasks) are averaged per step. With SOP-MIM "
+        "(on by default) the student also sees block-masked global crops and matches, for every masked patch, the "
+        "teacher's assignment of the unmasked patch to prototypes drawn from a second memory of patch embeddings."
+    ),
+    citation=_SOP_BIBTEX,
+    config_class=SOPConfig,
+    model_class=SOPForPreTraining,
+    recipes=RECIPES,
+    loss_labels={"sop_loss": "SOP [CLS] loss", "mim_loss": "SOP-MIM patch loss", "koleo_loss": "KoLeo"},
+    uniform_reference=lambda config: (config.num_kept_anchors, "P'"),
+    entropy_prototypes=lambda config: config.num_kept_anchors,
+    uses_masks=lambda config: config.mim_loss_weight > 0,
+    card_rows=(
+        ("Class memory size K", "class_memory_size"),
+        ("Anchors per task P", "num_anchors"),
+        ("Support embeddings per prototype E", "num_support"),
+        ("Tasks per step T", "num_tasks"),
+        ("Patch memory size", "patch_memory_size"),
+        ("Patch anchors per task", "num_patch_anchors"),
+        ("SOP-MIM loss weight", "mim_loss_weight"),
+    ),
+    card_title=lambda config: "SOP-MIM" if getattr(config, "mim_loss_weight", 0) > 0 else "SOP",
+)
+
+__all__ = ["SOP", "SOPForPreTraining", "SOPForPreTrainingOutput"]

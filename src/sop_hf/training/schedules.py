@@ -1,4 +1,4 @@
-"""Pure per-iteration schedules (METHOD.md section 11): linear warm-up then cosine, and linear warm-up then constant.
+"""Pure per-iteration schedules (docs/method.md §11): linear warm-up then cosine, and linear warm-up then constant.
 
 Every scheduled value of SOP (learning rate, weight decay, EMA momentum, teacher temperatures) is a function of the
 optimizer step only, so a resumed run recomputes exactly the same values.

@@ -1,6 +1,6 @@
 """Training curves as a PNG (matplotlib's Agg backend: no display, no browser).
 
-``plot_training_curves(log_history, path, method=..., num_prototypes=...)`` answers "is it learning?" in up to three
+``plot_training_curves(log_history, path, method="SOP", num_prototypes=...)`` answers "is it learning?" in up to three
 panels against the optimizer step:
 
 1. the losses, with the loss of uniform targets (``ln P`` of the method's own P) as the no-learning reference;
@@ -9,39 +9,22 @@ panels against the optimizer step:
 3. the collapse indicators: effective rank of the head outputs and of the memory (1 = every embedding on one line),
    the backbone's effective rank, and the mean anchor-support cosine (1 = supports are copies of their anchor).
 
-``uniform_reference(config)`` gives the method's P and its name for the reference line of panel 1.
+``Method.uniform_reference(config)`` (``sop_hf.methods``) gives the method's P and its name for that reference line.
 """
 
 import math
 from pathlib import Path
-
-METHOD_TITLES = {"sop": "SOP", "massl": "MaSSL", "carp": "CARP", "carl": "CARL"}
-LOSS_LABELS = {"sop": "SOP [CLS] loss", "massl": "MaSSL loss", "carp": "CARP loss", "carl": "CARL loss"}
-
-
-def uniform_reference(config) -> tuple[int, str]:
-    """(P, symbol) of the cross-entropy a method reaches when every target is uniform: ``ln P``.
-
-    SOP: the P' prototypes kept per task; MaSSL: a memory block N_B; CARP: a prototype block N_B; CARL: all K
-    prototypes.
-    """
-    method = getattr(config, "method", "sop")
-    if method == "sop":
-        return config.num_kept_anchors, "P'"
-    if method == "carl":
-        return config.num_prototypes, "K"
-    return config.block_size, "N_B"
-
 
 def plot_training_curves(
     log_history: list[dict],
     path: str | Path,
     uniform_loss: float | None = None,
     title: str | None = None,
-    method: str = "sop",
+    method: str = "SOP",
     num_prototypes: int | None = None,
     prototype_symbol: str = "P'",
     random_init_knn: float | None = None,
+    loss_labels: dict[str, str] | None = None,
 ) -> Path:
     """Write the curves of ``trainer.state.log_history`` to ``path`` (PNG) and return the path.
 
@@ -50,10 +33,12 @@ def plot_training_curves(
         path: The PNG to write.
         uniform_loss: Loss of uniform targets; default ``ln num_prototypes`` when that is given.
         title: Title of the loss panel (default "<METHOD> pretraining").
-        method: "sop", "massl", "carp" or "carl": names the titles and the loss curve.
-        num_prototypes, prototype_symbol: The method's P and its symbol (see ``uniform_reference``).
+        method: The method's display name (``Method.title``: "SOP", "MaSSL" ...): names the titles and legends.
+        num_prototypes, prototype_symbol: The method's P and its symbol (``Method.uniform_reference``).
         random_init_knn: k-NN top-1 (a fraction) of the random-init encoder on the monitor's sets; default: the
             ``random_init_knn_top1@k`` value the monitor logged.
+        loss_labels: Logged loss terms to draw besides ``loss`` and their labels (``Method.loss_labels``); default:
+            every logged ``*_loss`` key under its own name.
     """
     import matplotlib
 
@@ -64,7 +49,7 @@ def plot_training_curves(
         points = [(row["step"], row[key]) for row in log_history if key in row and "step" in row]
         return [p[0] for p in points], [p[1] for p in points]
 
-    name = METHOD_TITLES.get(method, method)
+    name = method
     if uniform_loss is None and num_prototypes:
         uniform_loss = math.log(num_prototypes)
     knn_keys = sorted({k for row in log_history for k in row if k.startswith("knn_top1")})
@@ -75,11 +60,11 @@ def plot_training_curves(
     panels = 1 + bool(knn_keys) + bool(rank_keys)
     fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.2), squeeze=False)
     ax = axes[0, 0]
-    loss_labels = (("loss", "total loss"), ("sop_loss", LOSS_LABELS.get(method, f"{name} loss")),
-                   ("mim_loss", "SOP-MIM patch loss"))  # fmt: skip
-    for key, label in loss_labels:
+    if loss_labels is None:
+        loss_labels = {k: k for k in sorted({k for row in log_history for k in row}) if k.endswith("_loss")}
+    for key, label in {"loss": f"{name} loss (total)", **loss_labels}.items():
         steps, values = series(key)
-        if steps and not (key == "sop_loss" and method != "sop" and series("loss")[1] == values):
+        if steps:
             ax.plot(steps, values, label=label, linewidth=1.4)
     if uniform_loss is not None:
         p_text = f" = ln {num_prototypes}" if num_prototypes else ""

@@ -1,102 +1,40 @@
-"""Model cards of exported encoders: ``build_model_card`` writes the README, ``training_from_card`` reads it back.
+"""Model cards of exported encoders: ``build_model_card`` renders the README from a structured record.
+
+The card is never read back: ``save_encoder`` saves the record (``record.CardRecord``) as ``training_record.json``
+beside the weights, and ``update_model_card`` loads that record, adds results and renders the card again.
 
 The card has Hub front matter (``library_name``, ``pipeline_tag``, tags, license, ``model-index`` from evaluation
 results) and a body with the method, the architecture (``SOPModel`` ViT or stock ``ResNetModel``), the training
-recipe, the evaluation table, usage snippets and citations. ``sop_hf.hub`` saves and pushes it with the weights.
+recipe, the evaluation table, usage snippets and citations. ``sop_hf.hub.save`` saves and pushes it with the weights.
 
 >>> from sop_hf import SOPConfig
 >>> config = SOPConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
 >>> card = build_model_card(config, training={"dataset": "fashion_mnist", "num_train_epochs": 10})
 >>> card.data.pipeline_tag, "sop_hf" in card.data.tags
 ('image-feature-extraction', True)
->>> training_from_card(str(card))["num_train_epochs"]
+>>> card.data.sop_hf_training["num_train_epochs"]
 10
 """
 
-import re
+import logging
+import os
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers import ResNetModel
+from transformers import ResNetConfig, ResNetModel
 
-from .configuration_sop import PRESETS, SOPConfig
-from .modeling_sop import SOPModel
+from ..configuration_sop import PRESETS, SOPConfig
+from ..data.sources import DEBIAN_NAME, EMBEDDED_NAME
+from ..methods import CARD_ALIASES, METHODS, SOP, card_method
+from .record import RECORD_NAME, CardRecord, eval_result_dict, to_eval_result
+from ..modeling_sop import SOPModel
+
+logger = logging.getLogger(__name__)
 
 NOT_RECORDED = "not recorded"
-
-# Method name -> (display name, one-paragraph summary). "sop" and "sop-mim" cite SOP only.
-METHODS: dict[str, tuple[str, str]] = {
-    "sop": (
-        "SOP",
-        "SOP learns without a learnable prototype layer. The EMA teacher's [CLS] embeddings fill a FIFO memory "
-        "bank; every step draws random *anchors* from the bank and attaches to each one its k nearest "
-        "*support embeddings*. An anchor and its supports form a self-organizing prototype: a view is scored "
-        "against all support embeddings, each support votes for its prototype with a soft label (the anchor "
-        "votes most strongly), and the student is trained to reproduce the teacher's voted distribution over "
-        "prototypes across views. Several independent anchor draws (tasks) are averaged per step.",
-    ),
-    "sop-mim": (
-        "SOP-MIM",
-        "SOP with masked image modelling. Besides the [CLS] objective of SOP (anchors drawn from a memory bank "
-        "of teacher embeddings, k nearest support embeddings voting with soft labels), the student sees "
-        "block-masked global crops and must match, for every masked patch, the teacher's assignment of the "
-        "unmasked patch to prototypes drawn from a second memory bank of patch embeddings.",
-    ),
-    "massl": (
-        "MaSSL",
-        "MaSSL compares every view with a non-parametric memory of recent teacher embeddings. The memory is cut "
-        "into random blocks, and the student's similarity distribution over each block must match the "
-        "teacher's for the other view. SOP extends this idea with anchors and voting support embeddings.",
-    ),
-    "carp": (
-        "CARP",
-        "CARP learns a large set of prototypes online and splits them into random blocks at every step; the "
-        "assignments of two views must agree inside each block, and a uniform prior per block prevents collapse.",
-    ),
-    "carl": (
-        "CARL",
-        "CARL learns a set of general prototypes by gradient descent and asks different views of an image to be "
-        "assigned consistently to them, with an entropy term that keeps the assignments spread out.",
-    ),
-}
-
-_SOP_BIBTEX = """@inproceedings{silva2025sop,
-  title         = {Self-Organizing Visual Prototypes for Non-Parametric Representation Learning},
-  author        = {Silva, Thalles and Pedrini, Helio and Ram{\\'\\i}rez Rivera, Ad{\\'\\i}n},
-  booktitle     = {Proceedings of the 42nd International Conference on Machine Learning (ICML)},
-  year          = {2025},
-  eprint        = {2505.21533},
-  archivePrefix = {arXiv}
-}"""
-
-_LINEAGE_BIBTEX = {
-    "massl": """@inproceedings{silva2024massl,
-  title         = {Learning from Memory: Non-Parametric Memory Augmented Self-Supervised Learning of Visual Features},
-  author        = {Silva, Thalles and Pedrini, Helio and Ram{\\'\\i}rez Rivera, Ad{\\'\\i}n},
-  booktitle     = {Proceedings of the 41st International Conference on Machine Learning (ICML)},
-  year          = {2024},
-  eprint        = {2407.17486},
-  archivePrefix = {arXiv}
-}""",
-    "carp": """@inproceedings{silva2023carp,
-  title         = {Representation Learning via Consistent Assignment of Views over Random Partitions},
-  author        = {Silva, Thalles and Ram{\\'\\i}rez Rivera, Ad{\\'\\i}n},
-  booktitle     = {Advances in Neural Information Processing Systems (NeurIPS)},
-  year          = {2023},
-  eprint        = {2310.12692},
-  archivePrefix = {arXiv}
-}""",
-    "carl": """@inproceedings{silva2022carl,
-  title         = {Representation Learning via Consistent Assignment of Views to Clusters},
-  author        = {Silva, Thalles and Ram{\\'\\i}rez Rivera, Ad{\\'\\i}n},
-  booktitle     = {Proceedings of the 37th ACM/SIGAPP Symposium on Applied Computing (SAC)},
-  year          = {2022},
-  eprint        = {2112.15421},
-  archivePrefix = {arXiv}
-}""",
-}
 
 # Training-recipe rows: (label, keys accepted in `training`, first one wins). Aliases cover the names of
 # `SOPTrainingArguments` / `TrainingArguments` and short hand-written ones.
@@ -118,53 +56,6 @@ _RECIPE_ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("Global crops / local crops", ("crops", "num_local_crops", "local_crops_number")),
     ("Hardware", ("hardware",)),
 ]
-# SOP sizes; when `training` is given but lacks one, the config value is used (it shaped the banks in training).
-_SOP_ROWS: list[tuple[str, str]] = [
-    ("Class memory size K", "class_memory_size"),
-    ("Anchors per task P", "num_anchors"),
-    ("Support embeddings per prototype E", "num_support"),
-    ("Tasks per step T", "num_tasks"),
-    ("Patch memory size", "patch_memory_size"),
-    ("Patch anchors per task", "num_patch_anchors"),
-    ("SOP-MIM loss weight", "mim_loss_weight"),
-]
-_EVAL_FIELDS = {
-    "task_type", "dataset_type", "dataset_name", "metric_type", "metric_value", "task_name", "dataset_config",
-    "dataset_split", "dataset_revision", "dataset_args", "metric_name", "metric_config", "metric_args",
-    "verified", "verify_token", "source_name", "source_url",
-}  # fmt: skip
-
-
-_RECIPE_TABLE = re.compile(r"## Training recipe\n\n(?P<intro>[^\n]*)\n\n\| Setting \| Value \|\n\|---\|---\|\n"
-                           r"(?P<rows>(?:\|[^\n]*\|\n?)*)")  # fmt: skip
-
-
-def _parse_value(text: str):
-    text = text.strip().replace("\\|", "|")
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def training_from_card(text: str) -> dict | None:
-    """The ``training`` dict of ``build_model_card``, read back from a card's "Training recipe" table."""
-    match = _RECIPE_TABLE.search(text)
-    if match is None or match.group("intro").startswith("No training information"):
-        return None
-    keys = {label: names[0] for label, names in _RECIPE_ROWS} | dict(_SOP_ROWS)  # row label -> training key
-    training = {}
-    for line in match.group("rows").splitlines():
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-        if len(cells) != 2 or cells[1] == NOT_RECORDED:
-            continue
-        label, value = cells
-        key = label.strip("`") if label.startswith("`") else keys.get(label)
-        if key is not None:
-            training[key] = _parse_value(value)
-    return training or None
 
 
 # ResNet depth names by (block type, blocks per stage)
@@ -215,24 +106,6 @@ def _format_value(value: Any) -> str:
     return str(value).replace("|", "\\|")  # a bare pipe would split the Markdown table cell
 
 
-def _to_eval_result(result: EvalResult | Mapping[str, Any]) -> EvalResult:
-    """An ``EvalResult`` from itself or a dict of its fields; ``task_type`` defaults to image classification."""
-    if isinstance(result, EvalResult):
-        return result
-    if not isinstance(result, Mapping):
-        raise TypeError(f"eval_results items must be dicts or huggingface_hub.EvalResult, got {type(result).__name__}")
-    unknown = sorted(set(result) - _EVAL_FIELDS)
-    if unknown:
-        raise ValueError(f"Unknown eval result keys {unknown}; use huggingface_hub.EvalResult fields")
-    fields = {"task_type": "image-classification", **result}
-    if "dataset_type" not in fields and "dataset_name" in fields:
-        fields["dataset_type"] = fields["dataset_name"]
-    missing = sorted({"dataset_name", "metric_type", "metric_value"} - set(fields))
-    if missing:
-        raise ValueError(f"Eval result {dict(result)} is missing {missing}")
-    return EvalResult(**fields)
-
-
 def _global_batch_size(training: Mapping[str, Any]) -> Any:
     for key in ("global_batch_size", "total_batch_size"):
         if training.get(key) is not None:
@@ -271,7 +144,7 @@ def _architecture_section(config) -> str:
     return f"## Architecture\n\n| | |\n|---|---|\n{table}\n"
 
 
-def _recipe_section(config: SOPConfig, method: str, training: Mapping[str, Any] | None) -> str:
+def _recipe_section(config: SOPConfig, card_rows: tuple[tuple[str, str], ...], training: Mapping[str, Any] | None) -> str:
     if not training:
         intro = (
             "No training information was recorded with this export; every value below is a placeholder. Pass "
@@ -279,8 +152,8 @@ def _recipe_section(config: SOPConfig, method: str, training: Mapping[str, Any] 
         )
     else:
         intro = "Values recorded by the training run."
-        if method in ("sop", "sop-mim"):
-            intro += " SOP sizes missing from the record are read from the encoder config."
+        if any(hasattr(config, key) for _, key in card_rows):
+            intro += " Method sizes missing from the record are read from the encoder config."
     training = dict(training or {})
     used = {"per_device_train_batch_size", "world_size", "gradient_accumulation_steps"}  # -> global batch size
     rows = []
@@ -291,13 +164,12 @@ def _recipe_section(config: SOPConfig, method: str, training: Mapping[str, Any] 
         else:
             value = next((training[key] for key in keys if training.get(key) is not None), None)
         rows.append((label, NOT_RECORDED if value is None else value))
-    if method in ("sop", "sop-mim"):
-        for label, key in _SOP_ROWS:
-            used.add(key)
-            value = training.get(key)
-            if value is None and training and key != "mim_loss_weight":  # the export sets mim_loss_weight to 0
-                value = getattr(config, key)
-            rows.append((label, NOT_RECORDED if value is None else value))
+    for label, key in card_rows:
+        used.add(key)
+        value = training.get(key)
+        if value is None and training and key != "mim_loss_weight":  # the export sets mim_loss_weight to 0
+            value = getattr(config, key, None)
+        rows.append((label, NOT_RECORDED if value is None else value))
     others = {k: v for k, v in training.items() if k not in used and isinstance(v, (int, float, str, bool))}
     rows.extend((f"`{key}`", value) for key, value in sorted(others.items()))
     table = "\n".join(f"| {label} | {_format_value(value)} |" for label, value in rows)
@@ -427,11 +299,9 @@ def build_model_card(
     Raises:
         ValueError: For an unknown ``method`` or a malformed evaluation result.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {sorted(METHODS)}")
-    display, summary = METHODS[method]
+    spec, display = card_method(method)
     repo = repo_id or "<repo_id>"
-    results = [_to_eval_result(r) for r in eval_results or ()]
+    results = [to_eval_result(r) for r in eval_results or ()]
     card_data = ModelCardData(
         # library_name "transformers" makes the Hub show the AutoModel snippet and route the widget through
         # transformers (with remote code); the `sop_hf` tag still marks the library that produced the model.
@@ -443,8 +313,9 @@ def build_model_card(
         datasets=[training["dataset"]] if training and isinstance(training.get("dataset"), str) else None,
         model_name=(repo_id or f"{method}-{'resnet' if is_resnet_config(config) else 'vit'}") if results else None,
         eval_results=results or None,
+        sop_hf_training=dict(training) if training else None,  # the recorded values as data, not only a table
     )
-    if method in ("sop", "sop-mim"):
+    if spec is SOP:
         context = (
             "Paper: *Self-Organizing Visual Prototypes for Non-Parametric Representation Learning* (ICML 2025, "
             "[arXiv:2505.21533](https://arxiv.org/abs/2505.21533))."
@@ -466,17 +337,92 @@ def build_model_card(
         f"to a global embedding ({outputs}, for k-NN classification, linear probing, retrieval or fine-tuning. "
         "Only the encoder is included: projection heads, the EMA teacher and the memory banks or prototypes stay "
         "with the training checkpoint.\n",
-        f"## Method\n\n{summary}\n\n{context}\n",
+        f"## Method\n\n{spec.summary}\n\n{context}\n",
         _architecture_section(config),
-        _recipe_section(config, method, training),
+        _recipe_section(config, spec.card_rows, training),
     ]
     if training_curves:
         parts.append(f"## Training curves\n\n![Training curves]({training_curves})\n")
     parts += [_evaluation_section(results), (_resnet_usage_section if is_resnet_config(config) else _usage_section)(repo)]
-    citations = [_SOP_BIBTEX] + ([_LINEAGE_BIBTEX[method]] if method in _LINEAGE_BIBTEX else [])
+    citations = [SOP.citation] + ([spec.citation] if spec is not SOP else [])
     parts.append("## Citation\n\n" + "\n\n".join(f"```bibtex\n{c}\n```" for c in citations) + "\n")
     body = "\n".join(parts)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
 
-__all__ = ["METHODS", "NOT_RECORDED", "build_model_card", "count_parameters", "is_resnet_config", "training_from_card"]
+__all__ = ["NOT_RECORDED", "build_model_card", "count_parameters", "is_resnet_config", "update_model_card"]
+
+
+def _dataset_identity(name: str) -> tuple[str, str]:
+    """(dataset_type, dataset_name) recorded in the model card for a --*_data value."""
+    if name == EMBEDDED_NAME:
+        return "fashion_mnist", "Fashion-MNIST (sop_hf embedded 4k/1k subset)"
+    if name == DEBIAN_NAME:
+        return "fashion_mnist", "Fashion-MNIST"
+    if os.path.isdir(name):
+        base = Path(name).resolve().name
+        return base, base
+    return name, name
+
+
+def card_results(command: str, results: dict[str, float], data, extra: str = "") -> list[dict]:
+    """Model-index entries (``EvalResult`` field dicts) for the printed results.
+
+    Classification entries carry no ``task_name``: the model-index groups results by task type and dataset and keeps
+    one task name per group, so k-NN and linear results are told apart by ``metric_name`` instead.
+    """
+    dataset_type, dataset_name = _dataset_identity(data.test_data or data.train_data)
+    split = data.test_split + (f" (random {data.max_samples})" if data.max_samples else "")
+    entries = []
+    for key, value in results.items():
+        if command == "retrieval":
+            task = {"task_type": "image-feature-extraction", "task_name": "Image retrieval",
+                    "metric_type": "map", "metric_name": f"mAP ({extra})"}  # fmt: skip
+        elif command == "linear":
+            task = {"task_type": "image-classification",
+                    "metric_type": "accuracy", "metric_name": f"linear probe top-1 ({extra})"}  # fmt: skip
+        else:
+            k = key.split("@")[1]
+            task = {"task_type": "image-classification",
+                    "metric_type": "accuracy", "metric_name": f"k-NN top-1 (k={k})"}  # fmt: skip
+        entries.append({**task, "dataset_type": dataset_type, "dataset_name": dataset_name, "dataset_split": split,
+                        "metric_value": round(float(value), 6)})  # fmt: skip
+    return entries
+
+
+def update_model_card(model_dir: str | os.PathLike, results: list[dict]) -> Path:
+    """Add ``results`` to the card of an encoder folder: new results replace same-named ones, others stay.
+
+    The folder's ``training_record.json`` (written by ``save_encoder``) holds what the card is rendered from; it is
+    updated and the README rendered again. A folder without a record (exported elsewhere or by an older version) gets
+    one from its card's metadata (method tag, license, base model, results); its training table cannot be carried over.
+    Raises ``ValueError`` if ``model_dir`` is not a local encoder folder that sop_hf exported: an ``SOPModel``, or a
+    stock ``ResNetModel`` whose card carries the ``sop_hf`` tag (ResNet lineage runs).
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(f"--update-card needs a local model folder, got {str(model_dir)!r}")
+    readme = model_dir / "README.md"
+    card = ModelCard.load(readme) if readme.is_file() else None
+    config_dict, _ = SOPConfig.get_config_dict(str(model_dir))
+    model_type = config_dict.get("model_type")
+    record = CardRecord.load(model_dir)
+    ours = record is not None or "sop_hf" in ((card.data.tags or []) if card is not None else [])
+    if not (model_type == SOPConfig.model_type or (model_type == ResNetConfig.model_type and ours)):
+        raise ValueError(
+            f"--update-card writes sop_hf model cards and needs a SOP model folder; {str(model_dir)!r} has "
+            f"model_type={model_type!r} (a ResNet folder qualifies when sop_hf exported it: its card has the sop_hf tag)"
+        )
+    config = (SOPConfig if model_type == SOPConfig.model_type else ResNetConfig).from_pretrained(model_dir)
+    if record is None:
+        record = CardRecord()
+        if card is not None:
+            names = [tag for tag in (card.data.tags or []) if tag in METHODS or tag in CARD_ALIASES]
+            record = CardRecord(method=names[0] if names else "sop", license=card.data.license or "apache-2.0",
+                                base_model=card.data.base_model, training=card.data.get("sop_hf_training"),
+                                eval_results=[eval_result_dict(r) for r in card.data.eval_results or []])  # fmt: skip
+            logger.warning("%s has no %s: the card is rebuilt from its metadata", model_dir, RECORD_NAME)
+    record.add_results(results)
+    record.save(model_dir)
+    build_model_card(config, **record.card_kwargs()).save(readme)
+    return readme

@@ -54,7 +54,7 @@ from .schedules import cosine_schedule, lr_multiplier, warmup_constant_schedule
 
 logger = logging.getLogger(__name__)
 
-LOGGED_TERMS = ("sop_loss", "mim_loss", "koleo_loss", "teacher_entropy")
+LOGGED_TERMS = ("sop_loss", "mim_loss", "koleo_loss", "uniformity_loss", "teacher_entropy")  # when a model returns them
 STAGING_DIR = ".staging"
 COMPLETE_MARKER = "checkpoint_complete.json"
 BANK_STATE_KEYS = ("step_count",)  # plus every "<bank>.rows" / "<bank>.ptr" of the model
@@ -133,7 +133,7 @@ class SOPTrainer(Trainer):
         return self.args.learning_rate * scale
 
     def get_decay_parameter_names(self, model) -> list[str]:
-        """Weight decay on tensors with >= 2 dims that are not biases (METHOD.md section 11)."""
+        """Weight decay on tensors with >= 2 dims that are not biases (docs/method.md §11)."""
         return [n for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith(".bias")]
 
     def _create_sop_optimizer(self, model=None):

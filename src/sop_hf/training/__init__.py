@@ -2,10 +2,10 @@
 
 from .arguments import SOPTrainingArguments
 from .callbacks import PerParameterClipCallback, TeacherEMACallback, WeightDecayScheduleCallback
-from .monitor import TrainingMonitorCallback, effective_rank, feature_spread
+from .monitor import TrainingMonitorCallback
 from .plots import plot_training_curves
 from .schedules import cosine_schedule, warmup_constant_schedule
-from .sop_trainer import NonFiniteLossError, SOPTrainer
+from .trainer import NonFiniteLossError, SOPTrainer
 
 __all__ = [
     "NonFiniteLossError",
@@ -16,8 +16,6 @@ __all__ = [
     "TrainingMonitorCallback",
     "WeightDecayScheduleCallback",
     "cosine_schedule",
-    "effective_rank",
-    "feature_spread",
     "plot_training_curves",
     "warmup_constant_schedule",
 ]

@@ -1,6 +1,6 @@
 """MemoryBank: a fixed-size FIFO ring buffer of unit-norm embeddings (SOP's class and patch memories, MaSSL's memory).
 
-METHOD.md section 5: rows start as random unit vectors; ``enqueue`` all-gathers keys in rank order and writes them at
+docs/method.md §5: rows start as random unit vectors; ``enqueue`` all-gathers keys in rank order and writes them at
 the pointer, wrapping around, so any bank size works with any global batch; reads are detached copies taken before
 the step's enqueue. The rows and the pointer are persistent buffers: they live in pretraining checkpoints (and are
 restored exactly on resume) but never in an exported encoder.
@@ -15,7 +15,7 @@ restored exactly on resume) but never in an exported encoder.
 import torch
 from torch import nn
 
-from ._dist import concat_all_gather
+from .distributed import concat_all_gather
 
 
 class MemoryBank(nn.Module):

@@ -1,7 +1,7 @@
-"""SOP and SOP-MIM losses as tensor functions (METHOD.md sections 6-10), plus the loss modules of a training step.
+"""SOP and SOP-MIM losses as tensor functions (docs/method.md §6-§9), plus the loss modules of a training step.
 
-The lineage (MaSSL, CARP, CARL) lives in ``losses_lineage.py`` and reuses this file's view pairing, KoLeo and
-float32 helpers.
+View pairing, the float32 helpers and the cross-entropy shared with the lineage live in ``views.py``; KoLeo in
+``koleo.py``.
 
 Public functional API (names and signatures are stable):
 
@@ -9,7 +9,6 @@ Public functional API (names and signatures are stable):
 - ``prototype_assignments(embeddings, prototypes, temperature)`` -> probabilities over prototypes
 - ``multi_view_cross_entropy(student_probs, teacher_probs)`` -> DINO-paired cross-entropy
 - ``masked_patch_cross_entropy(student_probs, teacher_probs, masks)`` -> iBOT-normalised patch cross-entropy
-- ``koleo_loss(embeddings)``
 
 All maths runs in float32 with autocast disabled (float64 inputs stay float64). Cross-entropies use
 ``-q * log(max(p, LOG_CLAMP))``. Gradients reach only the student embeddings: memory rows, supports, votes and
@@ -25,28 +24,22 @@ Paper: Self-Organizing Visual Prototypes, arXiv 2505.21533; reference code githu
 ((4, 8), True)
 """
 
-import contextlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-LOG_CLAMP = 1e-12  # delta in -q * log(max(p, delta)); keeps the loss finite when p underflows.
+from .views import (
+    log_clamped,
+    math_dtype,
+    mean_assignment_entropy,
+    multi_view_cross_entropy,
+    no_autocast,
+)
+
 NEIGHBOUR_CHUNK = 256  # anchors per block of the neighbour search: bounds its memory to chunk x K scores.
 ASSIGN_CHUNK = 512  # rows per block of the assignment maths: bounds its transient memory to chunk x P'E values.
-
-
-def _math_dtype(tensor: torch.Tensor) -> torch.dtype:
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
-def _no_autocast(tensor: torch.Tensor):
-    """Context that disables autocast on the tensor's device (the loss maths must not run in bf16/fp16)."""
-    if torch.is_autocast_enabled(tensor.device.type):
-        return torch.autocast(device_type=tensor.device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -145,7 +138,7 @@ def build_support_prototypes(
 
 
 def _aggregate_votes(probs: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
-    """Structured identity (METHOD.md section 7): [N, P', E] support probabilities -> [N, P'] prototype probabilities.
+    """Structured identity (docs/method.md §7): [N, P', E] support probabilities -> [N, P'] prototype probabilities.
 
     alpha = sum_e s*sigma, beta = sum_e s*(1-sigma), p = alpha + max(0, sum_c beta_c - beta) / (P' - 1).
     """
@@ -203,7 +196,7 @@ def prototype_assignments(
     """Soft assignments of embeddings to prototypes.
 
     Softmax of ``embeddings @ supports.T / temperature`` over all ``P' * E`` supports jointly, then each support's
-    mass is split by its votes (the structured identity of METHOD.md section 7; the dense (P'E) x P' vote matrix is
+    mass is split by its votes (the structured identity of docs/method.md §7; the dense (P'E) x P' vote matrix is
     never built). Rows sum to 1.
 
     Args:
@@ -221,55 +214,14 @@ def prototype_assignments(
         raise ValueError(f"embeddings have width {embeddings.shape[-1]}, prototypes {dim}")
     if num_protos < 2:
         raise ValueError(f"at least 2 prototypes are needed, got {num_protos}")
-    dtype = _math_dtype(embeddings)
+    dtype = math_dtype(embeddings)
     lead_shape = embeddings.shape[:-1]
-    with _no_autocast(embeddings):
+    with no_autocast(embeddings):
         flat = embeddings.reshape(-1, dim).to(dtype)  # [N, d]
         supports = prototypes.supports.detach().to(device=flat.device, dtype=dtype).reshape(-1, dim)  # [P'E, d]
         votes = prototypes.votes.detach().to(device=flat.device, dtype=dtype)  # [P', E]
         probs = _SupportAssignment.apply(flat, supports, votes, float(temperature))  # [N, P']
     return probs.reshape(*lead_shape, num_protos)
-
-
-def _log_clamped(probs: torch.Tensor) -> torch.Tensor:
-    return probs.to(_math_dtype(probs)).clamp_min(LOG_CLAMP).log()
-
-
-def view_pairs(num_student_views: int, num_teacher_views: int) -> list[tuple[int, int]]:
-    """DINO pairing (METHOD.md section 8): every (student view i, teacher view j) with i != j.
-
-    Student views are ordered globals first, so each global view is predicted from the other global view and each
-    local view from every global view: 2 + 2n pairs for 2 global and n local views. Shared by SOP, MaSSL and CARP.
-    """
-    pairs = [(i, j) for i in range(num_student_views) for j in range(num_teacher_views) if i != j]
-    if not pairs:
-        raise ValueError("view pairing needs a pair (i, j) with i != j: give at least 2 views")
-    return pairs
-
-
-def multi_view_cross_entropy(
-    student_probs: Sequence[torch.Tensor], teacher_probs: Sequence[torch.Tensor]
-) -> torch.Tensor:
-    """DINO-paired cross-entropy: mean over pairs (i, j), i != j, of ``mean_b -sum_c q_j log p_i``.
-
-    Args:
-        student_probs: V tensors [B, P], global views first, then local views.
-        teacher_probs: the teacher's global views, [B, P] each (treated as constants).
-
-    Returns:
-        Scalar loss (float32, or float64 for float64 inputs). With V = 2 + n and 2 teacher views there are 2 + 2n pairs.
-    """
-    if len(student_probs) == 0 or len(teacher_probs) == 0:
-        raise ValueError("multi_view_cross_entropy needs at least one student and one teacher view")
-    pairs = view_pairs(len(student_probs), len(teacher_probs))
-    with _no_autocast(student_probs[0]):
-        log_p = torch.stack([_log_clamped(p) for p in student_probs])  # [V, B, P]
-        dtype = log_p.dtype
-        q = torch.stack([t.detach().to(dtype) for t in teacher_probs])  # [Vt, B, P]
-        # ce[j, i] = mean_b -sum_c q_j log p_i ; one log per student view, all pairs in one contraction.
-        ce = -torch.einsum("jbc,ibc->ji", q, log_p) / log_p.shape[1]  # [Vt, V]
-        total = sum(ce[j, i] for i, j in pairs)
-    return total / len(pairs)
 
 
 def masked_patch_cross_entropy(
@@ -291,34 +243,16 @@ def masked_patch_cross_entropy(
             f"{len(student_probs)}, {len(teacher_probs)}, {len(masks)}"
         )
     terms = []
-    with _no_autocast(student_probs[0]):
+    with no_autocast(student_probs[0]):
         for p, q, m in zip(student_probs, teacher_probs, masks):
             if p.shape != q.shape or p.shape[:2] != m.shape:
                 raise ValueError(f"shape mismatch: student {tuple(p.shape)}, teacher {tuple(q.shape)}, mask {tuple(m.shape)}")
-            log_p = _log_clamped(p)  # [B, L, P]
+            log_p = log_clamped(p)  # [B, L, P]
             token_ce = -(q.detach().to(log_p.dtype) * log_p).sum(-1)  # [B, L]
             m = m.to(log_p.dtype)
             per_image = (token_ce * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # [B]
             terms.append(per_image.mean())
     return torch.stack(terms).mean()
-
-
-def koleo_loss(embeddings: torch.Tensor) -> torch.Tensor:
-    """Kozachenko-Leonenko entropy estimator: ``-mean_n log(||z_n - z_nn(n)|| + 1e-8)``.
-
-    The nearest neighbour excludes the point itself (its similarity is set to -inf). Args: embeddings [B, d] unit
-    rows, B >= 2. Returns a scalar in float32 (float64 for float64 input).
-    """
-    if embeddings.ndim != 2 or embeddings.shape[0] < 2:
-        raise ValueError(f"koleo_loss needs embeddings of shape [B >= 2, d], got {tuple(embeddings.shape)}")
-    with _no_autocast(embeddings):
-        z = embeddings.to(_math_dtype(embeddings))
-        with torch.no_grad():
-            sim = z @ z.T  # [B, B]
-            sim.fill_diagonal_(float("-inf"))
-            nearest = sim.argmax(dim=1)  # [B]
-        distance = (z - z[nearest]).norm(dim=-1)  # [B]
-        return -(distance + 1e-8).log().mean()
 
 
 SEARCH_DTYPES = {"auto": None, "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -346,12 +280,6 @@ def draw_anchor_indices(
     return perm[:num_kept], perm[num_kept:]
 
 
-def mean_assignment_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Entropy of the batch-mean assignment, [..., P] -> scalar; ln P means the prototypes are used uniformly."""
-    mean = probs.detach().reshape(-1, probs.shape[-1]).mean(0)
-    return -(mean * mean.clamp_min(LOG_CLAMP).log()).sum()
-
-
 @dataclass
 class SOPLossOutput:
     """A loss and the entropy of the teacher's batch-mean assignment (collapse monitor; compare with ln P')."""
@@ -361,7 +289,7 @@ class SOPLossOutput:
 
 
 class SOPClassLoss(nn.Module):
-    """SOP [CLS] loss (METHOD.md section 8): T tasks, each with fresh anchors, averaged.
+    """SOP [CLS] loss (docs/method.md §8): T tasks, each with fresh anchors, averaged.
 
     Args:
         num_anchors: P anchors drawn per task.
@@ -441,7 +369,7 @@ class SOPClassLoss(nn.Module):
 
 
 class SOPPatchLoss(nn.Module):
-    """SOP-MIM patch loss (METHOD.md section 9): single-support prototypes from the patch memory, same-view pairs.
+    """SOP-MIM patch loss (docs/method.md §9): single-support prototypes from the patch memory, same-view pairs.
 
     Args:
         num_anchors: patch anchors per task (512).
@@ -493,6 +421,3 @@ class SOPPatchLoss(nn.Module):
         ]
 
 
-def uniform_loss_value(num_prototypes: int) -> float:
-    """ln P: the loss (and assignment entropy) of a degenerate memory; a collapse reference for monitors."""
-    return math.log(num_prototypes)

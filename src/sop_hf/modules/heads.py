@@ -1,4 +1,4 @@
-"""SOPHead: the projection MLP shared by [CLS] and patch tokens (METHOD.md section 2).
+"""SOPHead: the projection MLP shared by [CLS] and patch tokens (docs/method.md §2).
 
 Linear(width -> hidden) - GELU - ... - Linear(hidden -> out), biases, no BatchNorm, then L2 normalisation over the
 last dim (eps 1e-6). There is no prototype layer: SOP's prototypes come from the memory banks. CARP's ResNet head

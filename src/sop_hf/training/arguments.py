@@ -1,4 +1,4 @@
-"""SOPTrainingArguments: ``TrainingArguments`` plus SOP's schedules (METHOD.md section 11), with SOP defaults.
+"""SOPTrainingArguments: ``TrainingArguments`` plus SOP's schedules (docs/method.md §11), with SOP defaults.
 
 The loop is transformers' ``Trainer``; these fields add what self-distillation needs: the teacher's EMA momentum and
 temperature schedules, the weight-decay schedule, DINO's learning-rate scaling and per-parameter gradient clipping.

@@ -1,7 +1,7 @@
-"""Command-line evaluation of frozen encoders: ``sop-eval {knn,linear,retrieval}`` and ``sop-visualize``.
+"""Command-line evaluation of frozen encoders: ``sop-hf eval {knn,linear,retrieval}`` (alias ``sop-eval``).
 
 Results go to stdout, one ``name: value`` line each (fractions in [0, 1], 4 decimals); logs and progress bars go to
-stderr, so ``sop-eval ... | grep knn_top1@20`` works. Also reachable as ``python -m sop_hf.evaluation.eval_cli``::
+stderr, so ``sop-eval ... | grep knn_top1@20`` works. Also reachable as ``python -m sop_hf.cli eval``::
 
     sop-eval knn --model exports/sop_vits --train_data embedded --test_data embedded --max_samples 1000
     sop-eval linear --model exports/sop_vits --train_data fashion_mnist_debian --device cuda --dtype bf16
@@ -15,33 +15,24 @@ processor loads with ``AutoImageProcessor``, falling back to the default evaluat
 """
 
 import logging
-import os
-import re
 import sys
-from argparse import ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 from datasets import ClassLabel
-from huggingface_hub import EvalResult, ModelCard
-from transformers import AutoImageProcessor, AutoModel, HfArgumentParser, PretrainedConfig, ResNetConfig
 
-from ..configuration_sop import SOPConfig
-from ..data.sources import DEBIAN_NAME, EMBEDDED_NAME, available_splits, load_image_dataset, random_subset
-from ..model_card import METHODS, build_model_card, training_from_card
-from ..data.images import to_rgb_image
-from ..image_processing_sop import SOPImageProcessor
-from ..export import stock_image_processor
-from ..modeling_lineage import LineageForPreTraining
-from ..modeling_sop_pretraining import SOPForPreTraining
-from .cache import FeatureCache, cached_extract_features, hash_state_dict
-from .features import extract_features
-from .knn import DEFAULT_KS, knn_top1
-from .linear_probe import DEFAULT_LRS, linear_probe
-from .retrieval import label_map
-from .visualize import denormalize, last_block_attention, save_attention_figure, save_feature_scatter
+from ..data.sources import EMBEDDED_NAME, available_splits, load_image_dataset, random_subset
+from ..evaluation.cache import FeatureCache, cached_extract_features, hash_state_dict
+from ..evaluation.features import extract_features
+from ..evaluation.knn import DEFAULT_KS, knn_top1
+from ..evaluation.linear_probe import DEFAULT_LRS, linear_probe
+from ..evaluation.retrieval import label_map
+from ..evaluation.visualize import save_feature_scatter
+
+from ..hub.loading import load_encoder
+from ..hub.model_card import card_results, update_model_card
+from .common import parse, setup_logging
 
 logger = logging.getLogger(__name__)
 SUBSET_SEED = 0  # --max_samples keeps a seeded random subset (class-sorted folders would otherwise give one class)
@@ -135,59 +126,6 @@ class RetrievalArguments:
     ap_method: Literal["trapezoid", "step"] = field(
         default="trapezoid", metadata={"help": "AP convention: trapezoid (revisited Oxford/Paris) or step."}
     )
-
-
-@dataclass
-class VisualizeArguments:
-    """``sop-visualize``: the last block's [CLS]-to-patch attention, one panel per head (DINO-style)."""
-
-    model: str = field(metadata={"help": "Encoder folder or Hub id."})
-    image: str = field(metadata={"help": "Image file to look at."})
-    output: str = field(metadata={"help": "PNG to write."})
-    which: Literal["teacher", "student"] = field(default="teacher", metadata={"help": "For checkpoint folders."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run code shipped inside the model folder (only for folders you trust)."}
-    )
-    image_size: int | None = field(
-        default=None, metadata={"help": "Resize the image to this side first (finer maps); default: the processor's."}
-    )
-    threshold: float | None = field(
-        default=None, metadata={"help": "Show the patches holding this share of attention (DINO: 0.6) as masks."}
-    )
-
-
-PRETRAINING_ARCHITECTURES = {"SOPForPreTraining": SOPForPreTraining, "LineageForPreTraining": LineageForPreTraining}
-
-
-def load_encoder(
-    model: str, which: str = "teacher", attn_implementation: str | None = None, trust_remote_code: bool = False
-):
-    """Load (encoder, image processor) from a folder or Hub id; see the module docstring.
-
-    Args:
-        model: Encoder folder, pretraining checkpoint folder (SOP, MaSSL, CARP, CARL; ViT or ResNet) or Hub id.
-        which: ``"teacher"`` or ``"student"`` of a pretraining checkpoint.
-        attn_implementation: E.g. ``"eager"`` so that stock ViTs return attention weights (sop-visualize).
-        trust_remote_code: Run code shipped in the model folder (only when the user asked for it). Folders this
-            library exported load without it: their classes are registered when sop_hf is imported.
-    """
-    config_dict, _ = PretrainedConfig.get_config_dict(model)
-    architectures = config_dict.get("architectures") or []
-    pretraining = next((PRETRAINING_ARCHITECTURES[a] for a in architectures if a in PRETRAINING_ARCHITECTURES), None)
-    if pretraining is not None:
-        logger.info("%s is a %s checkpoint: evaluating its %s", model, pretraining.__name__, which)
-        encoder = pretraining.from_pretrained(model).export_encoder(which)
-    else:
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        encoder = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code, **extra)
-    try:
-        processor = AutoImageProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        size = getattr(encoder.config, "image_size", 224)
-        logger.warning("no image processor in %s (%s); using the default evaluation transform (size %d)", model,
-                       error, size)  # fmt: skip
-        processor = stock_image_processor(size)
-    return encoder.eval(), processor
 
 
 class _Session:
@@ -304,104 +242,6 @@ def run_retrieval(session: _Session, args: RetrievalArguments) -> dict[str, floa
     return {"map": label_map(query_x, query_y, gallery_x, gallery_y, exclude_self=same, method=args.ap_method)}
 
 
-def _dataset_identity(name: str) -> tuple[str, str]:
-    """(dataset_type, dataset_name) recorded in the model card for a --*_data value."""
-    if name == EMBEDDED_NAME:
-        return "fashion_mnist", "Fashion-MNIST (sop_hf embedded 4k/1k subset)"
-    if name == DEBIAN_NAME:
-        return "fashion_mnist", "Fashion-MNIST"
-    if os.path.isdir(name):
-        base = Path(name).resolve().name
-        return base, base
-    return name, name
-
-
-def card_results(command: str, results: dict[str, float], data: DataArguments, extra: str = "") -> list[dict]:
-    """Model-index entries (``EvalResult`` field dicts) for the printed results.
-
-    Classification entries carry no ``task_name``: the model-index groups results by task type and dataset and keeps
-    one task name per group, so k-NN and linear results are told apart by ``metric_name`` instead.
-    """
-    dataset_type, dataset_name = _dataset_identity(data.test_data or data.train_data)
-    split = data.test_split + (f" (random {data.max_samples})" if data.max_samples else "")
-    entries = []
-    for key, value in results.items():
-        if command == "retrieval":
-            task = {"task_type": "image-feature-extraction", "task_name": "Image retrieval",
-                    "metric_type": "map", "metric_name": f"mAP ({extra})"}  # fmt: skip
-        elif command == "linear":
-            task = {"task_type": "image-classification",
-                    "metric_type": "accuracy", "metric_name": f"linear probe top-1 ({extra})"}  # fmt: skip
-        else:
-            k = key.split("@")[1]
-            task = {"task_type": "image-classification",
-                    "metric_type": "accuracy", "metric_name": f"k-NN top-1 (k={k})"}  # fmt: skip
-        entries.append({**task, "dataset_type": dataset_type, "dataset_name": dataset_name, "dataset_split": split,
-                        "metric_value": round(float(value), 6)})  # fmt: skip
-    return entries
-
-
-def _same_result(a: EvalResult, b: EvalResult) -> bool:
-    fields = ("task_type", "dataset_type", "dataset_name", "dataset_split", "metric_type", "metric_name")
-    return all(getattr(a, f) == getattr(b, f) for f in fields)
-
-
-def update_model_card(model_dir: str | os.PathLike, results: list[dict]) -> Path:
-    """Rewrite ``<model_dir>/README.md`` with ``build_model_card``: new results replace same-named ones, others stay.
-
-    The method (tag), license, base model, Hub id, training recipe and training-curves image of an existing card are
-    kept. Raises ``ValueError`` if ``model_dir`` is not a local encoder folder that sop_hf exported: an ``SOPModel``,
-    or a stock ``ResNetModel`` whose card carries the ``sop_hf`` tag (ResNet lineage runs).
-    """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ValueError(f"--update-card needs a local model folder, got {str(model_dir)!r}")
-    readme = model_dir / "README.md"
-    card = ModelCard.load(readme) if readme.is_file() else None
-    config_dict, _ = SOPConfig.get_config_dict(str(model_dir))
-    model_type = config_dict.get("model_type")
-    ours = "sop_hf" in ((card.data.tags or []) if card is not None else [])
-    if not (model_type == SOPConfig.model_type or (model_type == ResNetConfig.model_type and ours)):
-        raise ValueError(
-            f"--update-card writes sop_hf model cards and needs a SOP model folder; {str(model_dir)!r} has "
-            f"model_type={model_type!r} (a ResNet folder qualifies when sop_hf exported it: its card has the sop_hf tag)"
-        )
-    config = (SOPConfig if model_type == SOPConfig.model_type else ResNetConfig).from_pretrained(model_dir)
-    kwargs, existing = {}, []
-    if card is not None:
-        existing = list(card.data.eval_results or [])
-        methods = [tag for tag in (card.data.tags or []) if tag in METHODS]
-        repo = re.search(r'AutoModel\.from_pretrained\("([^"<>]+)"', card.text)
-        curves = re.search(r"!\[Training curves\]\(([^)]+)\)", card.text)
-        kwargs = {
-            "method": methods[0] if methods else "sop",
-            "repo_id": repo.group(1) if repo else None,
-            "license": card.data.license or "apache-2.0",
-            "base_model": card.data.base_model,
-            "training": training_from_card(card.text),
-            "training_curves": curves.group(1) if curves else None,
-        }
-    new = [EvalResult(**r) for r in results]
-    merged = [old for old in existing if not any(_same_result(old, r) for r in new)] + new
-    build_model_card(config, eval_results=merged, **kwargs).save(readme)
-    return readme
-
-
-class _HelpFormatter(RawDescriptionHelpFormatter, ArgumentDefaultsHelpFormatter):
-    """Keeps the description's line breaks and shows the default of every option that has one (as ``sop-export``)."""
-
-    def _get_help_string(self, action):
-        if action.required or action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _parse(dataclass_types, prog: str, description: str, argv: list[str]):
-    description = description.replace("``", "`")  # docstrings use reST literals
-    parser = HfArgumentParser(dataclass_types, prog=prog, description=description, formatter_class=_HelpFormatter)
-    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-
-
 _COMMANDS = {
     "knn": (KnnArguments, run_knn, lambda a: ""),
     "linear": (LinearArguments, run_linear, lambda a: a.pooling),
@@ -416,11 +256,6 @@ _USAGE = """usage: sop-eval {knn,linear,retrieval} --model MODEL [options]
 Run `sop-eval knn --help` for the options of a command."""
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("sop_hf").setLevel(logging.INFO)
-
-
 def eval_main(argv: list[str] | None = None) -> int:
     """``sop-eval {knn,linear,retrieval} ...``: print the results, optionally record them in the model card."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -430,9 +265,9 @@ def eval_main(argv: list[str] | None = None) -> int:
         return 0 if asked_for_help else 2
     command, rest = argv[0], argv[1:]
     command_type, run, describe = _COMMANDS[command]
-    model_args, data_args, command_args = _parse((ModelArguments, DataArguments, command_type),
+    model_args, data_args, command_args = parse((ModelArguments, DataArguments, command_type),
                                                  f"sop-eval {command}", command_type.__doc__, rest)  # fmt: skip
-    _setup_logging()
+    setup_logging()
     session = _Session(model_args, data_args)
     results = run(session, command_args)
     for name, value in results.items():
@@ -441,39 +276,3 @@ def eval_main(argv: list[str] | None = None) -> int:
         readme = update_model_card(model_args.model, card_results(command, results, data_args, describe(command_args)))
         logger.info("model card updated: %s", readme)
     return 0
-
-
-def visualize_main(argv: list[str] | None = None) -> int:
-    """``sop-visualize --model M --image I --output O``: one attention panel per head of the last block."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    (args,) = _parse((VisualizeArguments,), "sop-visualize", VisualizeArguments.__doc__, argv)
-    _setup_logging()
-    model, processor = load_encoder(args.model, args.which, attn_implementation="eager",
-                                    trust_remote_code=args.trust_remote_code)  # fmt: skip
-    if getattr(model.config, "model_type", None) == "resnet":
-        raise ValueError(f"{args.model} holds a convolutional encoder ({type(model).__name__}): it has no attention "
-                         "maps to show; sop-visualize needs a ViT encoder")  # fmt: skip
-    if args.image_size is not None:
-        processor = SOPImageProcessor(size=args.image_size, crop_pct=1.0, image_mean=processor.image_mean,
-                                      image_std=processor.image_std)  # fmt: skip
-    image = to_rgb_image(args.image)
-    if image is None:
-        raise ValueError(f"could not read the image {args.image!r}")
-    pixel_values = processor([image], return_tensors="pt")["pixel_values"]  # [1, 3, H, W]
-    attention = last_block_attention(model, pixel_values, threshold=args.threshold)  # [heads, h, w]
-    panels = save_attention_figure(denormalize(pixel_values, processor), attention, args.output,
-                                   title=f"{Path(args.model).name}: last-block [CLS] attention")  # fmt: skip
-    print(f"attention maps ({panels} heads) written to {args.output}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sop_hf.evaluation.eval_cli {knn,linear,retrieval,visualize} ...``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "visualize":
-        return visualize_main(argv[1:])
-    return eval_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

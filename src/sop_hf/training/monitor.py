@@ -48,58 +48,16 @@ from transformers import TrainerCallback
 
 from ..evaluation.features import extract_features, iter_processed_batches
 from ..evaluation.knn import knn_top1
-from ..losses import (
-    build_support_prototypes,
-    draw_anchor_indices,
-    prototype_assignments,
+from ..evaluation.indicators import (
+    agreement_and_kappa,
+    effective_rank,
+    feature_spread,
+    mean_entropy_ratio,
 )
 
 logger = logging.getLogger(__name__)
 
 MONITOR_SEED = 20250521  # anchor draws of the monitor: a fixed stream, the same on every process
-MAX_RANK_ROWS = 4096  # memory rows used for memory_rank / support_similarity (a seeded subset of larger banks)
-
-
-def feature_spread(features: torch.Tensor) -> float:
-    """``sqrt(D) * mean_d std_n`` of the L2-normalised [N, D] features: ~1 isotropic, 0 collapsed."""
-    z = normalize(features.float(), dim=1)  # [N, D]
-    return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
-
-
-def effective_rank(features: torch.Tensor) -> float:
-    """Entropy effective rank of the centred [N, D] features: ``exp(H(p))`` with p the normalised singular values."""
-    centred = features.float() - features.float().mean(dim=0, keepdim=True)  # [N, D]
-    singular = torch.linalg.svdvals(centred)  # [min(N, D)]
-    total = singular.sum()
-    if total <= 0:
-        return 1.0
-    p = singular / total
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
-def neighbour_similarity(rows: torch.Tensor, queries: torch.Tensor, num_neighbours: int) -> float:
-    """Mean cosine between each query row of ``rows`` (indices [Q]) and its ``num_neighbours`` nearest other rows."""
-    z = normalize(rows.float(), dim=1)  # [N, d]
-    scores = z[queries] @ z.T  # [Q, N]
-    scores[torch.arange(len(queries)), queries] = float("-inf")  # a row is not its own neighbour
-    k = max(1, min(num_neighbours, z.shape[0] - 1))
-    return float(scores.topk(k, dim=1).values.mean())
-
-
-def mean_entropy_ratio(probs: torch.Tensor) -> float:
-    """Mean over rows of ``H(p_n) / ln P`` for [N, P] probabilities: 1 when every row is uniform."""
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=1)  # [N]
-    return float(entropy.mean() / math.log(probs.shape[1]))
-
-
-def agreement_and_kappa(first: torch.Tensor, second: torch.Tensor, num_classes: int) -> tuple[float, float]:
-    """Fraction of equal labels in two [N] label vectors, and Cohen's kappa (agreement above chance; 0 if no room)."""
-    agreement = float((first == second).float().mean())
-    chance = float((torch.bincount(first, minlength=num_classes).float() / len(first))
-                   @ (torch.bincount(second, minlength=num_classes).float() / len(second)))  # fmt: skip
-    kappa = 0.0 if chance >= 1.0 - 1e-9 else (agreement - chance) / (1.0 - chance)
-    return agreement, kappa
 
 
 class TrainingMonitorCallback(TrainerCallback):
@@ -218,40 +176,6 @@ class TrainingMonitorCallback(TrainerCallback):
                 module.train(mode)
         return torch.cat(outputs)
 
-    def _prototype_probs(self, model, raw: torch.Tensor, teacher_temp: float, generator) -> tuple[torch.Tensor, dict]:
-        """[N, P] assignments of the head outputs ``raw`` [N, d] to this check's prototypes, and memory metrics."""
-        config, metrics = model.config, {}
-        z = normalize(raw, dim=1)
-        memory_bank = getattr(model, "class_memory", getattr(model, "memory", None))
-        if memory_bank is not None:  # SOP class memory or MaSSL memory
-            memory = memory_bank.read().float()  # [K, d]
-            rows = memory
-            if rows.shape[0] > MAX_RANK_ROWS:
-                rows = rows[torch.randperm(rows.shape[0], generator=generator)[:MAX_RANK_ROWS].to(rows.device)]
-            metrics["memory_rank"] = round(effective_rank(rows), 4)
-        if hasattr(model, "class_memory"):  # SOP: the training's prototypes (anchors + supports, votes)
-            kept, dropped = draw_anchor_indices(memory.shape[0], config.num_anchors, config.num_kept_anchors,
-                                                generator, memory.device)  # fmt: skip
-            protos = build_support_prototypes(memory, kept, config.num_support, config.vote_smoothing,
-                                              exclude_idx=dropped)  # fmt: skip
-            if protos.num_support > 1:
-                metrics["support_similarity"] = round(float(protos.votes[:, :-1].mean()), 6)
-            return prototype_assignments(z.to(memory.device), protos, teacher_temp), metrics
-        if memory_bank is not None:  # MaSSL: one memory block
-            queries = torch.randperm(rows.shape[0], generator=generator)[:256].to(rows.device)
-            metrics["support_similarity"] = round(neighbour_similarity(rows, queries, config.num_support - 1), 6)
-            block = torch.randperm(memory.shape[0], generator=generator)[: config.block_size].to(memory.device)
-            return (z.to(memory.device) @ memory[block].T / teacher_temp).softmax(-1), metrics
-        # CARP / CARL: learnable prototypes, one block (CARP) or all of them (CARL); no temperature
-        queries = torch.arange(z.shape[0] // 2, device=z.device)
-        metrics["support_similarity"] = round(neighbour_similarity(z, queries, config.num_support - 1), 6)
-        layer = model.teacher_prototypes if self.which == "teacher" else model.prototypes
-        logits = layer(raw.to(layer.weight.device)).float()  # [N, K]
-        if config.block_size < logits.shape[1]:
-            block = torch.randperm(logits.shape[1], generator=generator)[: config.block_size].to(logits.device)
-            logits = logits[:, block]
-        return logits.softmax(-1), metrics
-
     @torch.no_grad()
     def head_metrics(self, model, teacher_temp: float = 0.04, step: int = 0) -> dict[str, float]:
         """Head-output indicators of a pretraining model (empty for a bare encoder or ``head_samples=0``)."""
@@ -262,7 +186,7 @@ class TrainingMonitorCallback(TrainerCallback):
         n = z.shape[0] // 2
         metrics = {"head_rank": round(effective_rank(z[:n]), 4)}
         generator = torch.Generator().manual_seed(MONITOR_SEED + step)
-        probs, memory_metrics = self._prototype_probs(model, raw, teacher_temp, generator)  # [2n, P]
+        probs, memory_metrics = model.probe_assignments(raw, teacher_temp, generator, self.which)  # [2n, P]
         metrics.update(memory_metrics)
         metrics["image_entropy_ratio"] = round(mean_entropy_ratio(probs[:n].double()), 6)
         labels = probs.argmax(dim=1).cpu()

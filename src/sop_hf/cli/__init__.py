@@ -1,0 +1,40 @@
+"""The ``sop-hf`` command: one entry point, one module per subcommand.
+
+    sop-hf eval {knn,linear,retrieval} --model MODEL ...   # cli/eval.py (alias sop-eval)
+    sop-hf visualize --model MODEL --image I --output O    # cli/visualize.py (alias sop-visualize)
+    sop-hf export --model FOLDER --output_dir OUT          # cli/export.py (alias sop-export)
+    sop-hf convert --checkpoint CKPT --output_dir OUT      # cli/convert.py (alias sop-convert)
+
+Also ``python -m sop_hf.cli ...``. Pretraining is ``examples/pretrain_sop.py`` (an ``accelerate launch`` script).
+These modules are the only readers of ``sys.argv`` in sop_hf.
+"""
+
+import sys
+
+from .convert import convert_main
+from .eval import eval_main
+from .export import export_main
+from .visualize import visualize_main
+
+COMMANDS = {"eval": eval_main, "visualize": visualize_main, "export": export_main, "convert": convert_main}
+USAGE = """usage: sop-hf {eval,visualize,export,convert} [options]
+
+  eval       k-NN, linear probe or retrieval of a frozen encoder (sop-hf eval knn --help)
+  visualize  last-block [CLS] attention maps of a ViT encoder on one image
+  export     encoder / pretraining checkpoint folder -> stock transformers ViT or ResNet folder
+  convert    original SOP / iBOT / DINO .pth -> SOP encoder folder
+
+Run `sop-hf COMMAND --help` for the options of a command."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sop-hf COMMAND ...``: dispatch to the subcommand; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
+        print(USAGE, file=sys.stdout if asked_for_help else sys.stderr)
+        return 0 if asked_for_help else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+__all__ = ["COMMANDS", "convert_main", "eval_main", "export_main", "main", "visualize_main"]

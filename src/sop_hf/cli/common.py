@@ -1,0 +1,30 @@
+"""What every ``sop-hf`` subcommand shares: the help format, argument parsing and logging to stderr."""
+
+import logging
+import sys
+from argparse import ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
+
+from transformers import HfArgumentParser
+
+
+class HelpFormatter(RawDescriptionHelpFormatter, ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows the default of every option that has one."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse(dataclass_types, prog: str, description: str, argv: list[str] | None) -> tuple:
+    """The dataclasses of ``argv`` (``sys.argv[1:]`` when None); ``--help`` shows ``description`` and defaults."""
+    description = (description or "").replace("``", "`")  # docstrings use reST literals
+    parser = HfArgumentParser(dataclass_types, prog=prog, description=description, formatter_class=HelpFormatter)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+
+
+def setup_logging() -> None:
+    """INFO logs of sop_hf on stderr (results go to stdout)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("sop_hf").setLevel(logging.INFO)

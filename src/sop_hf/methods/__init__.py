@@ -1,0 +1,145 @@
+"""Pretraining methods: a small shared core and one module per method, reached through one registry.
+
+- ``core``: the student / EMA-teacher pair, seeded streams, encoder export, and ``Method`` (a registry entry);
+- ``sop``: SOP and SOP-MIM on ``SOPConfig`` (``SOPForPreTraining``);
+- ``lineage``: what MaSSL, CARP and CARL share (a config around an encoder ``backbone_config``, heads, forward);
+- ``massl``, ``carp``, ``carl``: each method's config, ``...ForPreTraining``, loss wiring and published recipes.
+
+Everything else in the library asks this registry (``get_method``, ``method_of``) instead of comparing method names;
+adding a method means adding a module and one line to ``METHODS``.
+"""
+
+from transformers import PreTrainedConfig
+
+from ..configuration_sop import PRESETS
+from .carl import CARL, CARLConfig, CARLForPreTraining
+from .carp import CARP, CARPConfig, CARPForPreTraining
+from .core import Method, StudentTeacherPreTrainedModel
+from .lineage import LineageConfig, LineageForPreTraining
+from .massl import MASSL, MaSSLConfig, MaSSLForPreTraining
+from .sop import SOP, SOPForPreTraining, SOPForPreTrainingOutput
+
+METHODS: dict[str, Method] = {method.name: method for method in (SOP, MASSL, CARP, CARL)}
+
+
+def get_method(name: str) -> Method:
+    """The registry entry of ``--method NAME``; a ``ValueError`` lists the choices."""
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
+    return METHODS[name]
+
+
+def method_of(config_or_model_type) -> Method | None:
+    """The method whose pretraining config is ``config_or_model_type`` (a config, or its ``model_type``); None for
+    anything else (an encoder config such as a ``ResNetConfig``)."""
+    model_type = getattr(config_or_model_type, "model_type", config_or_model_type)
+    return next((m for m in METHODS.values() if m.config_class.model_type == model_type), None)
+
+
+def recipe_owner(name: str, method: str | None = None) -> tuple[str, dict[str, dict]]:
+    """(method, recipe) for ``--recipe NAME``: the given method's recipe, or, without a method, the one method that
+    has a recipe of that name (``demo`` exists for every method: SOP's when no method is given)."""
+    if method is not None:
+        recipes = get_method(method).recipes
+        if name not in recipes:
+            raise ValueError(f"--recipe {name!r} is not a {method} recipe; {method} has {', '.join(recipes)}")
+        return method, recipes[name]
+    owners = [m for m in METHODS.values() if name in m.recipes]
+    if not owners:
+        known = sorted({r for m in METHODS.values() for r in m.recipes})
+        raise ValueError(f"--recipe must be one of {', '.join(known)}, got {name!r}")
+    return owners[0].name, owners[0].recipes[name]
+
+
+def _expand_preset(values: dict) -> dict:
+    values = dict(values)
+    preset = values.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
+        values = {**PRESETS[preset], **values}
+    return values
+
+
+def _check_fields(config_class: type[PreTrainedConfig], values: dict, where: str) -> None:
+    allowed = set(config_class.__dataclass_fields__)
+    unknown = sorted(set(values) - allowed - {"model_type"})
+    if unknown:
+        raise ValueError(f"{where}: unknown {config_class.__name__} field(s) {', '.join(unknown)}; its fields are "
+                         f"{', '.join(sorted(f for f in allowed if not f.startswith('_')))}")  # fmt: skip
+
+
+def build_config(method: str, values: dict, overrides: dict | None = None) -> PreTrainedConfig:
+    """The method's config from a recipe's model section (``preset`` expanded, a ``backbone_config`` dict with its
+    ``model_type``), then ``overrides`` (``{"field": value}``, ``"backbone_config.field"`` for the encoder).
+    Unknown fields are a ``ValueError`` naming them."""
+    spec = get_method(method)
+    values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for key, value in (overrides or {}).items():
+        if key.startswith("backbone_config."):
+            if not isinstance(values.get("backbone_config"), dict):
+                raise ValueError(f"{key}: {spec.config_class.__name__} has no backbone_config to override")
+            values["backbone_config"][key.split(".", 1)[1]] = value
+        else:
+            values[key] = value
+    if "preset" in values and isinstance(values.get("backbone_config"), dict):
+        values["backbone_config"]["preset"] = values.pop("preset")  # a ViT preset names the encoder
+    values = _expand_preset(values)
+    _check_fields(spec.config_class, values, f"--method {method}")
+    backbone = values.get("backbone_config")
+    if isinstance(backbone, dict):
+        from transformers import AutoConfig
+
+        backbone = _expand_preset(backbone)
+        model_type = backbone.pop("model_type", "sop")
+        backbone_class = type(AutoConfig.for_model(model_type))
+        _check_fields(backbone_class, backbone, f"--method {method} backbone_config")
+        values["backbone_config"] = backbone_class(**backbone)
+    return spec.config_class(**values)
+
+
+__all__ = [
+    "CARD_ALIASES",
+    "CARL",
+    "CARLConfig",
+    "CARLForPreTraining",
+    "CARP",
+    "CARPConfig",
+    "CARPForPreTraining",
+    "LineageConfig",
+    "LineageForPreTraining",
+    "MASSL",
+    "METHODS",
+    "MaSSLConfig",
+    "MaSSLForPreTraining",
+    "Method",
+    "SOP",
+    "SOPForPreTraining",
+    "SOPForPreTrainingOutput",
+    "StudentTeacherPreTrainedModel",
+    "build_config",
+    "card_method",
+    "get_method",
+    "method_of",
+    "recipe_owner",
+    "uniform_reference",
+]
+
+
+CARD_ALIASES = {"sop-mim": ("sop", "SOP-MIM")}  # model cards of SOP runs with the patch loss
+
+
+def card_method(name: str) -> tuple[Method, str]:
+    """(registry entry, display name) of a model card's ``method``: a registry name or ``"sop-mim"``."""
+    if name in CARD_ALIASES:
+        method, title = CARD_ALIASES[name]
+        return METHODS[method], title
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; choose one of {sorted([*METHODS, *CARD_ALIASES])}")
+    return METHODS[name], METHODS[name].title
+
+
+def uniform_reference(config: PreTrainedConfig) -> tuple[int, str]:
+    """(P, symbol) of a pretraining config's uniform-target loss ``ln P`` (the curves' no-learning line)."""
+    method = method_of(config) or SOP
+    return method.uniform_reference(config)

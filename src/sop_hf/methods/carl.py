@@ -1,0 +1,73 @@
+"""CARL (SAC 2022, arXiv 2112.15421; docs/method.md §15; no public code, form inferred from CARP): learnable
+prototypes in one block; the two views' assignments must agree, plus ``uniformity_weight`` x KL(p-bar || uniform).
+CARL is CARP with a single block, so it reuses CARP's model and loss.
+"""
+
+import torch
+
+from ..losses.carp import carl_loss
+from ..losses.views import mean_assignment_entropy
+from ..training.recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, recipe
+from .carp import CARPConfig, CARPForPreTraining
+from .core import Method
+
+
+class CARLConfig(CARPConfig):
+    """``CARPConfig`` with one block of all ``num_prototypes`` (4096 here: CARL's K is not published); ``block_size``
+    always equals ``num_prototypes``."""
+
+    model_type = "carl"
+
+    num_prototypes: int = 4096
+    block_size: int | None = None
+
+    def __post_init__(self, **kwargs):
+        self.block_size = self.num_prototypes  # one block
+        super().__post_init__(**kwargs)
+
+
+class CARLForPreTraining(CARPForPreTraining):
+    config_class = CARLConfig
+
+    def method_loss(self, student_embeddings, teacher_embeddings, student_temp, teacher_temp):
+        s_logits = self.prototypes(student_embeddings)  # [V*B, K]
+        with torch.no_grad():
+            t_logits = self.teacher_prototypes(teacher_embeddings)  # [2B, K]
+            entropy = mean_assignment_entropy(t_logits.float().softmax(-1))
+        out = carl_loss(s_logits, t_logits, self.config.uniformity_weight)
+        return out.loss, {"uniformity_loss": out.uniformity, "teacher_entropy": entropy}
+
+
+RECIPES: dict[str, dict[str, dict]] = {
+    # The demo's ViT and data; 1024 prototypes in one block.
+    "demo": recipe(
+        dict(backbone_config=dict(model_type="sop", **DEMO_VIT), image_size=DEMO_VIT["image_size"], **DEMO_HEAD, num_prototypes=1024),
+        DEMO_DATA, DEMO_TRAINING,
+    ),  # fmt: skip
+}
+
+CARL = Method(
+    name="carl",
+    title="CARL",
+    summary=(
+        "CARL learns a set of general prototypes by gradient descent and asks different views of an image to be "
+        "assigned consistently to them, with an entropy term that keeps the assignments spread out."
+    ),
+    citation="""@inproceedings{silva2022carl,
+  title         = {Representation Learning via Consistent Assignment of Views to Clusters},
+  author        = {Silva, Thalles and Ram{\\'\\i}rez Rivera, Ad{\\'\\i}n},
+  booktitle     = {Proceedings of the 37th ACM/SIGAPP Symposium on Applied Computing (SAC)},
+  year          = {2022},
+  eprint        = {2112.15421},
+  archivePrefix = {arXiv}
+}""",
+    config_class=CARLConfig,
+    model_class=CARLForPreTraining,
+    recipes=RECIPES,
+    loss_labels={"uniformity_loss": "uniform prior (unweighted)", "koleo_loss": "KoLeo"},
+    uniform_reference=lambda config: (config.num_prototypes, "K"),
+    entropy_prototypes=lambda config: config.num_prototypes,
+    card_rows=(("Prototypes K", "num_prototypes"), ("Uniform-prior weight", "uniformity_weight")),
+)
+
+__all__ = ["CARL", "CARLConfig", "CARLForPreTraining"]
