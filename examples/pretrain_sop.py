@@ -32,7 +32,7 @@ import sop_hf  # noqa: F401 - registers the SOP classes with the Auto* factories
 from sop_hf import PRESETS
 from sop_hf.cli.common import HelpFormatter
 from sop_hf.methods import METHODS, build_config, get_method, recipe_owner
-from sop_hf.training.recipes import recipe_defaults
+from sop_hf.methods.recipes import recipe_defaults
 from sop_hf.data.sources import available_splits, has_labels, load_image_dataset, random_subset
 from sop_hf.evaluation import extract_features, knn_top1
 from sop_hf.hub import default_image_processor, push_run_to_hub, save_encoder
@@ -419,7 +419,7 @@ def parse_arguments(argv: list[str], chosen: tuple[str, dict] | None = None):
         method = method or "sop"
         name, values = "demo", get_method(method).recipes["demo"]
     defaults = {**recipe_defaults(values), "method": method, "recipe": name,
-                "output_dir": f"outputs/{method}-{name.split(' ')[0].replace('_', '-')}"}  # fmt: skip
+                "output_dir": f"outputs/{method}-{name.split(' ')[0].removeprefix(method + '_').replace('_', '-')}"}  # fmt: skip
     if from_file:
         model_args, data_args, training_args = parser.parse_dict({**defaults, **given})
     else:
@@ -441,9 +441,10 @@ def build_model(model_args, recipe_values: dict):
         return model.config, model
     values = recipe_values["model"]
     if model_args.config_name:
-        loaded, _ = PretrainedConfig.get_config_dict(model_args.config_name, trust_remote_code=model_args.trust_remote_code)
-        values = {k: v for k, v in loaded.items() if not k.startswith("_") and k not in ("architectures", "auto_map",
-                  "transformers_version", "model_type")}  # fmt: skip
+        values, _ = PretrainedConfig.get_config_dict(model_args.config_name)  # a file or folder: read, never run
+        if values.get("model_type", spec.config_class.model_type) != spec.config_class.model_type:
+            raise ValueError(f"--config_name {model_args.config_name} holds a {values['model_type']!r} config, not the "
+                             f"{spec.config_class.model_type!r} config of --method {model_args.method}")  # fmt: skip
     config = build_config(model_args.method, values, overrides)
     return config, spec.model_class(config)
 

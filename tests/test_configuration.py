@@ -75,3 +75,11 @@ def test_config__save_load_round_trip(tmp_path):
 def test_config__no_generation_parameter_names():
     generation_names = {"temperature", "top_k", "top_p", "max_length", "num_beams", "do_sample", "min_length"}
     assert not generation_names & set(SOPConfig().to_dict())
+
+
+def test_config__unknown_fields_are_named_with_the_closest_one():
+    with pytest.raises(ValueError, match=r"unknown field\(s\) 'num_anchor' \(did you mean 'num_anchors'\?\), 'zzz'"):
+        tiny_config(num_anchor=8, zzz=1)
+    # what every transformers config takes (Hub metadata, older names) still loads
+    config = tiny_config(torch_dtype="float32", num_labels=3, transformers_version="5.0.0", _name_or_path="x")
+    assert config.num_labels == 3

@@ -14,7 +14,7 @@ from sop_hf import (
     SOPImageProcessor,
     SOPModel,
 )
-from sop_hf.evaluation.indicators import (
+from sop_hf.indicators import (
     agreement_and_kappa,
     effective_rank,
     feature_spread,

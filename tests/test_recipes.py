@@ -166,3 +166,17 @@ def test_auto_recipe__follows_the_image_size():
     label, values = load_example().recipe_for_images("carp", 500)
     assert values["model"]["backbone_config"]["image_size"] == 224
     assert get_method("sop").recipes["demo"]["model"]["image_size"] == 28  # the recipes themselves are not changed
+
+
+def test_config_name_and_preset__a_saved_config_round_trips_and_a_preset_replaces_the_recipe_sizes(script, tmp_path):
+    model_args, _, _, _, values, _ = script.parse_arguments(["--method", "carp", "--preset", "vit_tiny",
+                                                             "--output_dir", str(tmp_path)])  # fmt: skip
+    config, _ = script.build_model(model_args, values)
+    assert (config.backbone_config.hidden_size, config.backbone_config.intermediate_size) == (192, 768)
+    assert config.backbone_config.patch_size == 4 and config.num_prototypes == 1024  # the rest stays the recipe's
+    config.save_pretrained(tmp_path / "carp")  # transformers' own file, with its extra keys
+    model_args.preset, model_args.config_name = None, str(tmp_path / "carp")
+    assert script.build_model(model_args, values)[0].to_dict() == config.to_dict()
+    model_args.method = "sop"
+    with pytest.raises(ValueError, match="holds a 'carp' config, not the 'sop' config of --method sop"):
+        script.build_model(model_args, values)

@@ -11,6 +11,7 @@ uses when the training loop passes no scheduled value.
 """
 
 import math
+from difflib import get_close_matches
 
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
@@ -27,6 +28,13 @@ PRESETS: dict[str, dict] = {
     "vit_base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
     "vit_large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
 }
+
+
+# Keyword arguments every transformers config takes besides its dataclass fields (older names, Hub metadata).
+_BASE_KEYS = set(PreTrainedConfig.__dataclass_fields__) | {
+    "torch_dtype", "num_labels", "attn_implementation", "model_type", "transformers_version", "auto_map",
+    "name_or_path", "use_return_dict",
+}  # fmt: skip
 
 
 class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -135,6 +143,13 @@ class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
     def __post_init__(self, **kwargs):
         kwargs.pop("stage_names", None)  # recomputed below from num_hidden_layers, never read back from a file
         out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
+        unknown = sorted(k for k in kwargs if not k.startswith("_") and k not in _BASE_KEYS
+                         and not hasattr(PreTrainedConfig, k))  # fmt: skip
+        if unknown:
+            fields = sorted(f for f in self.__dataclass_fields__ if not f.startswith("_"))
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(k, fields, 1)) else repr(k)
+                     for k in unknown]  # fmt: skip
+            raise ValueError(f"SOPConfig got unknown field(s) {', '.join(hints)}; see the SOPConfig docstring")
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.teacher_patch_temp is None:

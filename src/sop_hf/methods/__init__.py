@@ -9,6 +9,8 @@ Everything else in the library asks this registry (``get_method``, ``method_of``
 adding a method means adding a module and one line to ``METHODS``.
 """
 
+import dataclasses
+
 from transformers import PreTrainedConfig
 
 from ..configuration_sop import PRESETS
@@ -61,29 +63,40 @@ def _expand_preset(values: dict) -> dict:
     return values
 
 
+# Keys a saved config.json carries besides the fields (transformers' own, and the backbone stages SOPConfig derives).
+_BASE_FIELDS = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+_SAVED_KEYS = _BASE_FIELDS | {"model_type", "auto_map", "out_features", "out_indices", "stage_names"}
+
+
 def _check_fields(config_class: type[PreTrainedConfig], values: dict, where: str) -> None:
-    allowed = set(config_class.__dataclass_fields__)
-    unknown = sorted(set(values) - allowed - {"model_type"})
+    own = {f.name for f in dataclasses.fields(config_class)} - _BASE_FIELDS
+    unknown = sorted(k for k in set(values) - own - _SAVED_KEYS if not k.startswith("_") and not hasattr(PreTrainedConfig, k))
     if unknown:
         raise ValueError(f"{where}: unknown {config_class.__name__} field(s) {', '.join(unknown)}; its fields are "
-                         f"{', '.join(sorted(f for f in allowed if not f.startswith('_')))}")  # fmt: skip
+                         f"{', '.join(sorted(f for f in own if not f.startswith('_')))}")  # fmt: skip
 
 
 def build_config(method: str, values: dict, overrides: dict | None = None) -> PreTrainedConfig:
     """The method's config from a recipe's model section (``preset`` expanded, a ``backbone_config`` dict with its
-    ``model_type``), then ``overrides`` (``{"field": value}``, ``"backbone_config.field"`` for the encoder).
-    Unknown fields are a ``ValueError`` naming them."""
+    ``model_type``), then ``overrides`` (``{"field": value}``, ``"backbone_config.field"`` for the encoder; a
+    ``"preset"`` override replaces the recipe's encoder sizes). Unknown fields are a ``ValueError`` naming them."""
     spec = get_method(method)
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    preset = overrides.pop("preset", None)
+    if preset is not None:  # a preset given as an override replaces the sizes the recipe names
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
+        target = values["backbone_config"] if isinstance(values.get("backbone_config"), dict) else values
+        target.pop("preset", None)
+        target.update({**PRESETS[preset], "intermediate_size": 4 * PRESETS[preset]["hidden_size"]})
+    for key, value in overrides.items():
         if key.startswith("backbone_config."):
             if not isinstance(values.get("backbone_config"), dict):
                 raise ValueError(f"{key}: {spec.config_class.__name__} has no backbone_config to override")
             values["backbone_config"][key.split(".", 1)[1]] = value
         else:
             values[key] = value
-    if "preset" in values and isinstance(values.get("backbone_config"), dict):
-        values["backbone_config"]["preset"] = values.pop("preset")  # a ViT preset names the encoder
     values = _expand_preset(values)
     _check_fields(spec.config_class, values, f"--method {method}")
     backbone = values.get("backbone_config")

@@ -7,7 +7,7 @@ import torch
 
 from ..losses.carp import carl_loss
 from ..losses.views import mean_assignment_entropy
-from ..training.recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, recipe
+from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, recipe
 from .carp import CARPConfig, CARPForPreTraining
 from .core import Method
 

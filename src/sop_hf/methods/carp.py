@@ -6,12 +6,12 @@ assignments must agree inside each block, and a uniform prior on each block's me
 import torch
 from torch.nn.functional import normalize
 
-from ..evaluation.indicators import neighbour_similarity
+from ..indicators import neighbour_similarity
 from ..losses.carp import carp_loss
 from ..losses.partition import random_partition
 from ..losses.views import mean_assignment_entropy
 from ..modules.prototypes import WeightNormalizedPrototypes
-from ..training.recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IMAGENET_TRAINING, recipe
+from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IMAGENET_TRAINING, recipe
 from .core import Method
 from .lineage import LineageConfig, LineageForPreTraining
 

@@ -6,11 +6,11 @@ view. No anti-collapse term; KoLeo is available (``koleo_loss_weight``).
 import torch
 from torch.nn.functional import normalize
 
-from ..evaluation.indicators import MAX_RANK_ROWS, effective_rank, neighbour_similarity
+from ..indicators import MAX_RANK_ROWS, effective_rank, neighbour_similarity
 from ..losses.massl import massl_loss
 from ..losses.partition import random_partition
 from ..modules.memory_bank import MemoryBank
-from ..training.recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IMAGENET_TRAINING, recipe
+from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IMAGENET_TRAINING, recipe
 from .core import Method
 from .lineage import LineageConfig, LineageForPreTraining
 

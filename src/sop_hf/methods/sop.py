@@ -28,14 +28,14 @@ from torch.nn.functional import normalize
 from transformers.utils import ModelOutput
 
 from ..configuration_sop import SOPConfig
-from ..evaluation.indicators import MAX_RANK_ROWS, effective_rank
+from ..indicators import MAX_RANK_ROWS, effective_rank
 from ..losses.koleo import koleo_loss
 from ..losses.sop import SOPClassLoss, SOPPatchLoss, build_support_prototypes, draw_anchor_indices, prototype_assignments
 from ..modeling_sop import SOPModel
 from ..modules.distributed import get_rank
 from ..modules.heads import SOPHead
 from ..modules.memory_bank import MemoryBank
-from ..training.recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IBOT_MULTICROP, IMAGENET_TRAINING, recipe
+from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IBOT_MULTICROP, IMAGENET_TRAINING, recipe
 from .core import NUM_GLOBAL_VIEWS, Method, StudentTeacherPreTrainedModel
 
 

@@ -48,7 +48,7 @@ from transformers import TrainerCallback
 
 from ..evaluation.features import extract_features, iter_processed_batches
 from ..evaluation.knn import knn_top1
-from ..evaluation.indicators import (
+from ..indicators import (
     agreement_and_kappa,
     effective_rank,
     feature_spread,
