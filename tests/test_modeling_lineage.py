@@ -83,8 +83,10 @@ def test_config__defaults_validation_and_round_trip(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = LineageForPreTraining.from_pretrained(tmp_path)
     assert loaded.config.method == "carp"
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert list(reloaded) == list(original)
+    for key, value in original.items():
+        assert torch.equal(reloaded[key], value), key
 
 
 @pytest.mark.parametrize("method", ["massl", "carl"])
