@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +74,11 @@ def test_help__explains_the_knobs():
         assert flag in result.stdout
     text = " ".join(result.stdout.split())
     assert "It spans K / global batch steps: lower it for small data." in text
-    assert "--recipe" in text or "demo" in text
+    # the recipes the help names exist, and the default one is among them
+    from sop_hf.trainer.recipes import RECIPES
+
+    named = re.search(r"overrides the chosen ``--recipe`` \(([\w, ]+)\)", text)
+    assert named and "demo" in named.group(1).split(", ") and set(named.group(1).split(", ")) <= set(RECIPES)
 
 
 import pytest  # noqa: E402
