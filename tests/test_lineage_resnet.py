@@ -186,7 +186,8 @@ def test_script__carp_resnet_short_run_exports_a_stock_resnet(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((tmp_path / "results.json").read_text())
-    assert all(math.isfinite(v) for v in summary["last_losses"]) and 0 < summary["knn_top1_trained"] <= 1
+    assert len(summary["last_losses"]) == 2 and all(math.isfinite(v) for v in summary["last_losses"])  # steps 2, 4
+    assert 0 < summary["knn_top1_trained"] <= 1
     config = json.loads((tmp_path / "encoder" / "config.json").read_text())
     assert config["model_type"] == "resnet" and "auto_map" not in config
     assert json.loads((tmp_path / "encoder" / "preprocessor_config.json").read_text())["crop_size"]["height"] == 28
