@@ -211,3 +211,5 @@ def test_bf16_autocast__loss_float32_and_finite(config):
         out = model(**batch_inputs())
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and not [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
