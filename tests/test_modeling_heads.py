@@ -256,9 +256,14 @@ def test_backbone__feature_maps_of_the_chosen_stages(exported, kwargs, stages):
     out = backbone(images)
     assert [tuple(m.shape) for m in out.feature_maps] == [(2, 32, 4, 6)] * len(stages)
     assert out.hidden_states is None
-    if stages[-1] == "stage2":  # the last stage is the encoder's normalised output, row-major over the patch grid
-        tokens = encoder(images).last_hidden_state[:, 1:]  # [B, 4*6, D]
-        torch.testing.assert_close(out.feature_maps[-1].flatten(2).transpose(1, 2), tokens, atol=1e-6, rtol=1e-6)
+    # each map is its stage's tokens after the final norm, without [CLS], row-major over the patch grid; the last
+    # stage is the encoder's output
+    with torch.no_grad():
+        encoded = encoder(images, output_hidden_states=True)
+    torch.testing.assert_close(encoder.layernorm(encoded.hidden_states[-1]), encoded.last_hidden_state)
+    for stage, feature_map in zip(stages, out.feature_maps, strict=True):
+        tokens = encoder.layernorm(encoded.hidden_states[["stem", "stage1", "stage2"].index(stage)])[:, 1:]
+        torch.testing.assert_close(feature_map.flatten(2).transpose(1, 2), tokens, atol=1e-6, rtol=1e-6, msg=stage)
 
 
 def test_backbone__auto_backbone_hidden_states_and_round_trip(tmp_path):
