@@ -30,7 +30,9 @@ def parse(name: str, tmp_path):
 def test_recipe__parses_and_builds_its_config(name, tmp_path):
     model_args, data_args, _ = parse(name, tmp_path)
     config = model_args.to_config()
-    assert isinstance(config, LineageConfig if model_args.method != "sop" else SOPConfig)
+    # exact types: a LineageConfig is also an SOPConfig
+    assert type(config) is (LineageConfig if model_args.method != "sop" else SOPConfig)
+    assert model_args.method == "sop" or config.method == model_args.method
     assert data_args.global_crop_size == config.image_size
 
 
