@@ -27,6 +27,16 @@ def tiny_config(**overrides) -> SOPConfig:
     return SOPConfig(**{**TINY, **overrides})
 
 
+def count_forward_calls(modules) -> list[int]:
+    """Hooks each module; the returned list counts how often its forward starts. A module inside a checkpointed block
+    starts twice per step: in the forward and when the backward recomputes the block (a pre-hook, because the
+    recomputation stops once it has rebuilt the last tensor it needs, which may be before the module returns)."""
+    counts = [0] * len(modules)
+    for i, module in enumerate(modules):
+        module.register_forward_pre_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
+    return counts
+
+
 @pytest.fixture
 def config() -> SOPConfig:
     return tiny_config()

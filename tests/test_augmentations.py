@@ -111,23 +111,23 @@ def test_to_rgb_image__rgb_is_returned_as_is():
 
 
 @pytest.mark.parametrize(
-    "array",
+    "array, pixel",
     [
-        np.full((7, 5), 7, np.uint8),
-        np.full((7, 5, 1), 7, np.uint8),
-        np.full((7, 5, 3), 7, np.uint8),
-        np.dstack([np.full((7, 5, 3), 7, np.uint8), np.full((7, 5), 255, np.uint8)]),  # opaque RGBA
-        np.full((3, 7, 5), 7 / 255, np.float32),  # CxHxW floats in [0, 1]
-        np.full((7, 5), 7 * 257, np.uint16),
-        np.ones((7, 5), bool),
-        torch.full((3, 7, 5), 7, dtype=torch.uint8),
+        (np.full((7, 5), 7, np.uint8), (7, 7, 7)),
+        (np.full((7, 5, 1), 7, np.uint8), (7, 7, 7)),
+        (np.full((7, 5, 3), 7, np.uint8), (7, 7, 7)),
+        (np.dstack([np.full((7, 5, 3), 7, np.uint8), np.full((7, 5), 255, np.uint8)]), (7, 7, 7)),  # opaque RGBA
+        (np.full((3, 7, 5), 7 / 255, np.float32), (7, 7, 7)),  # CxHxW floats in [0, 1]
+        (np.full((7, 5), 7 * 257, np.uint16), (7, 7, 7)),
+        (np.ones((7, 5), bool), (255, 255, 255)),
+        (torch.full((3, 7, 5), 7, dtype=torch.uint8), (7, 7, 7)),
     ],
     ids=["HW", "HW1", "HW3", "HW4", "CHW-float", "uint16", "bool", "tensor"],
 )
-def test_to_rgb_image__arrays(array):
+def test_to_rgb_image__arrays(array, pixel):
     rgb = to_rgb_image(array)
     assert rgb.mode == "RGB" and rgb.size == (5, 7)
-    assert rgb.getpixel((0, 0)) in ((7, 7, 7), (255, 255, 255))
+    assert rgb.getpixel((0, 0)) == pixel
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -275,6 +275,7 @@ def test_multicrop__normalisation_of_a_constant_image():
     colour = (200, 100, 50)
     augment = MultiCropAugmentation(global_crop_size=32, local_crop_size=16, num_local_crops=2, **NO_COLOUR)
     globals_, locals_ = augment(Image.new("RGB", (60, 45), colour), _gen(0))
+    assert len(globals_) == 2 and len(locals_) == 2
     expected = (torch.tensor(colour).view(3, 1, 1) / 255 - MEAN) / STD
     for crop in globals_ + locals_:
         assert torch.allclose(crop, expected.expand_as(crop), atol=1e-4)
@@ -303,9 +304,11 @@ def test_multicrop__tiny_and_thin_images_upsample(size):
 
 def test_multicrop__accepts_uint8_arrays_like_pil():
     image = _noise_image()
-    augment = MultiCropAugmentation(global_crop_size=32)
+    augment = MultiCropAugmentation(global_crop_size=32, local_crop_size=16, num_local_crops=2)
     from_pil, from_array = augment(image, _gen(0)), augment(np.asarray(image), _gen(0))
-    assert all(torch.equal(a, b) for a, b in zip(from_pil[0], from_array[0], strict=True))
+    crops_pil, crops_array = from_pil[0] + from_pil[1], from_array[0] + from_array[1]
+    assert len(crops_pil) == 4
+    assert all(torch.equal(a, b) for a, b in zip(crops_pil, crops_array, strict=True))
 
 
 def test_multicrop__flip_and_grayscale_probabilities():

@@ -83,8 +83,13 @@ def test_dataloader__workers_give_the_same_batches():
                                              collate_fn=collate_multicrop)  # fmt: skip
         return list(loader)
 
-    for a, b in zip(batches(0), batches(2), strict=True):
-        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["sample_index"], b["sample_index"])
+    serial, parallel = batches(0), batches(2)
+    assert len(serial) == 2  # 8 images, batch 4
+    assert torch.cat([b["sample_index"] for b in serial]).tolist() == [i for _, i in sampler]  # the epoch's order
+    for a, b in zip(serial, parallel, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
 
 
 def test_collator__keys_match_forward_and_view_major_order():

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
+from PIL import Image
 
 from sop_hf import SOPConfig, SOPModel
 from sop_hf.hub.stock_vit import stock_image_processor
@@ -50,12 +52,18 @@ def test_evaluation_doc__shell_commands_run_and_print_the_fixed_names(demo_dir):
     assert len(commands) == 5
     outputs = {cmd: run(cmd, demo_dir, shell=True) for cmd in commands}
     knn = outputs[commands[0]]
-    assert re.search(r"^knn_top1@10: 0\.\d+$", knn, re.M) and re.search(r"^knn_top1@20: 0\.\d+$", knn, re.M)
+    assert re.search(r"^knn_top1@10: 0\.\d+$", knn, re.M)
+    knn20 = re.search(r"^knn_top1@20: (0\.\d+)$", knn, re.M)
+    assert knn20
     assert re.search(r"^linear_top1: 0\.\d+$", outputs[commands[1]], re.M)
     assert re.search(r"^map: 0\.\d+$", outputs[commands[2]], re.M)
-    card = (demo_dir / "outputs" / "sop-demo" / "encoder" / "README.md").read_text()
-    assert "k-NN top-1 (k=20)" in card  # --update-card
-    assert (demo_dir / "attention.png").stat().st_size > 1000
+    # --update-card: the same k-NN (same encoder and data) printed and written into the card's model-index
+    assert "--update-card" in commands[3] and outputs[commands[3]].splitlines() == [f"knn_top1@20: {knn20.group(1)}"]
+    card = ModelCard.load(demo_dir / "outputs" / "sop-demo" / "encoder" / "README.md")
+    values = [r.metric_value for r in card.data.eval_results if r.metric_name == "k-NN top-1 (k=20)"]
+    assert values == [pytest.approx(float(knn20.group(1)), abs=1e-4)]
+    with Image.open(demo_dir / "attention.png") as image:
+        assert image.format == "PNG" and image.size[0] > 300
 
 
 # What each Python block must leave behind or print, so a block that runs but does the wrong thing fails.
@@ -65,17 +73,30 @@ BLOCK_CHECKS = {
         'assert type(model).__name__ == "SOPModel"\n'
         'print("pooled", np.array(extractor(Image.new("RGB", (28, 28)), pool=True)).shape)',
     ],
+    "docs/evaluation.md": [
+        "",
+        "",
+        "from transformers import TrainerCallback\n"
+        "assert isinstance(monitor, TrainerCallback)\n"
+        "print('monitor', monitor.every_n_steps, monitor.k, monitor.num_prototypes, len(monitor.memory_dataset),\n"
+        "      len(monitor.query_dataset), monitor.memory_dataset[0]['image'].size)",
+    ],
 }
-BLOCK_OUTPUTS = {"README.md": [r"pooled \(1, 64\)"],
-                 "docs/evaluation.md": [r"\{10: 0\.\d+, 20: 0\.\d+\}", r"accuracy", r""]}  # fmt: skip
+BLOCK_OUTPUTS = {
+    "README.md": [r"pooled \(1, 64\)"],
+    "docs/evaluation.md": [
+        r"\{10: 0\.\d+, 20: 0\.\d+\}\n0\.\d+",  # k-NN top-1 per k, then the retrieval mAP
+        r"\{'accuracy': 1\.0\}",  # the query [1, 0.1] is nearest to [1, 0], whose label 0 is its reference
+        r"monitor 100 20 128 1000 1000 \(28, 28\)",
+    ],
+}
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/evaluation.md"])
 def test_python_blocks_run(doc, demo_dir):
     bodies = blocks(doc, "python")
-    checks = BLOCK_CHECKS.get(doc, [""] * len(bodies))
-    expected = BLOCK_OUTPUTS[doc]
+    checks, expected = BLOCK_CHECKS[doc], BLOCK_OUTPUTS[doc]
     assert len(bodies) == len(expected) == len(checks), "update BLOCK_CHECKS / BLOCK_OUTPUTS with the doc"
     for body, check, pattern in zip(bodies, checks, expected, strict=True):
         output = run([sys.executable, "-c", body + "\n" + check], demo_dir)
-        assert re.search(pattern, output), (body, output)
+        assert re.fullmatch(pattern, output.strip()), (body, output)

@@ -125,10 +125,17 @@ def test_update_model_card__without_readme_and_errors(model_dir, tmp_path):
 def test_load_encoder__checkpoint_teacher_and_processor_fallback(tmp_path):
     torch.manual_seed(0)
     pretraining = SOPForPreTraining(tiny_config())
+    with torch.no_grad():  # the student moves away from the teacher, which starts as its copy
+        for param in pretraining.sop.parameters():
+            param.add_(torch.randn_like(param))
     pretraining.save_pretrained(tmp_path / "checkpoint")
     encoder, processor = load_encoder(str(tmp_path / "checkpoint"))  # no processor saved: the fallback
-    expected = pretraining.export_encoder("teacher").state_dict()
-    assert all(torch.equal(value, expected[key]) for key, value in encoder.state_dict().items())
+    loaded, expected = encoder.state_dict(), pretraining.export_encoder("teacher").state_dict()
+    assert list(loaded) == list(expected)
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+    student, _ = load_encoder(str(tmp_path / "checkpoint"), which="student")
+    assert not torch.equal(student.layers[0].mlp.fc1.weight, encoder.layers[0].mlp.fc1.weight)
     # the fallback is the default evaluation transform as a stock processor (same pixels as SOPImageProcessor)
     assert type(processor).__name__.startswith("BitImageProcessor")
     assert processor.crop_size["height"] == tiny_config().image_size

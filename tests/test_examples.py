@@ -92,7 +92,8 @@ def test_lineage_methods__short_end_to_end_run_exports_a_loadable_encoder(method
          "--config_overrides", SIZES[method], "--save_strategy", "no",
          "--output_dir", str(out)])  # fmt: skip
     summary = json.loads((out / "results.json").read_text())
-    assert summary["method"] == method and all(math.isfinite(v) for v in summary["last_losses"])
+    assert summary["method"] == method and summary["global_step"] == 3
+    assert len(summary["last_losses"]) == 3 and all(math.isfinite(v) for v in summary["last_losses"])  # one per step
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(out / "encoder")

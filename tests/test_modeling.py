@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 from sop_hf import SOPConfig, SOPImageProcessor, SOPModel
-from tests.conftest import tiny_config
+from tests.conftest import count_forward_calls, tiny_config
 
 
 def test_forward__shapes_square_and_non_square(config):
@@ -103,15 +103,19 @@ def test_gradient_checkpointing__same_outputs_and_gradients(config):
     model = SOPModel(tiny_config(drop_path_rate=0.0))
     images = torch.randn(2, 3, 32, 32)
     model.train()
+    mlp_calls = count_forward_calls([layer.mlp for layer in model.layers])
     out = model(images).last_hidden_state
     out.square().mean().backward()
+    assert mlp_calls == [1, 1]
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(grads) == {n for n, _ in model.named_parameters()} - {"embeddings.mask_token"}  # no mask given
     model.zero_grad()
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable({"use_reentrant": False})
     assert all(layer.gradient_checkpointing for layer in model.layers)
     out_ckpt = model(images).last_hidden_state
     out_ckpt.square().mean().backward()
+    assert mlp_calls == [3, 3]  # each block ran again in the backward: its activations were not kept
     torch.testing.assert_close(out_ckpt, out)
     for name, grad in grads.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, msg=name)

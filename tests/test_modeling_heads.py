@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from sop_hf import SOPBackbone, SOPConfig, SOPForImageClassification, SOPImageProcessor, SOPModel
-from tests.conftest import WITHOUT_SOP_HF, tiny_config
+from tests.conftest import WITHOUT_SOP_HF, count_forward_calls, tiny_config
 from tests.fake_hub import running_fake_hub
 
 LABELS = {0: "cat", 1: "dog", 2: "bird"}
@@ -83,7 +83,8 @@ def test_attn_implementation__sdpa_and_eager_agree(exported, batch_size):
     images = torch.randn(batch_size, 3, 32, 48)
     a, b = sdpa(images, output_hidden_states=True), eager(images, output_hidden_states=True)
     torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-5, rtol=1e-5)
-    for x, y in zip(a.hidden_states, b.hidden_states):
+    assert len(a.hidden_states) == len(b.hidden_states) == 3
+    for x, y in zip(a.hidden_states, b.hidden_states, strict=True):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
     eager.config.output_attentions = True
     attentions = eager(images).attentions
@@ -115,7 +116,8 @@ def test_torch_export__encoder_classifier_and_backbone_match_eager():
             got = exported(images)
         key = {"SOPModel": "last_hidden_state", "SOPForImageClassification": "logits"}.get(type(model).__name__)
         if key is None:
-            for x, y in zip(got["feature_maps"], expected.feature_maps):
+            assert len(got["feature_maps"]) == len(expected.feature_maps) == 2
+            for x, y in zip(got["feature_maps"], expected.feature_maps, strict=True):
                 torch.testing.assert_close(x, y)
         else:
             torch.testing.assert_close(got[key], expected[key])
@@ -165,12 +167,14 @@ def test_classifier__batching_equivalence_and_gradient_checkpointing():
         single = torch.cat([model(images[i : i + 1]).logits for i in range(3)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
     model.train()
+    mlp_calls = count_forward_calls([layer.mlp for layer in model.sop.layers])
     model(images, labels=labels).loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     _enable_checkpointing(model)
     assert all(layer.gradient_checkpointing for layer in model.sop.layers)
     model(images, labels=labels).loss.backward()
+    assert mlp_calls == [1 + 2, 1 + 2]  # checkpointed: each block ran again in the backward
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, grads[name], msg=name)
 
@@ -252,9 +256,14 @@ def test_backbone__feature_maps_of_the_chosen_stages(exported, kwargs, stages):
     out = backbone(images)
     assert [tuple(m.shape) for m in out.feature_maps] == [(2, 32, 4, 6)] * len(stages)
     assert out.hidden_states is None
-    if stages[-1] == "stage2":  # the last stage is the encoder's normalised output, row-major over the patch grid
-        tokens = encoder(images).last_hidden_state[:, 1:]  # [B, 4*6, D]
-        torch.testing.assert_close(out.feature_maps[-1].flatten(2).transpose(1, 2), tokens, atol=1e-6, rtol=1e-6)
+    # each map is its stage's tokens after the final norm, without [CLS], row-major over the patch grid; the last
+    # stage is the encoder's output
+    with torch.no_grad():
+        encoded = encoder(images, output_hidden_states=True)
+    torch.testing.assert_close(encoder.layernorm(encoded.hidden_states[-1]), encoded.last_hidden_state)
+    for stage, feature_map in zip(stages, out.feature_maps, strict=True):
+        tokens = encoder.layernorm(encoded.hidden_states[["stem", "stage1", "stage2"].index(stage)])[:, 1:]
+        torch.testing.assert_close(feature_map.flatten(2).transpose(1, 2), tokens, atol=1e-6, rtol=1e-6, msg=stage)
 
 
 def test_backbone__auto_backbone_hidden_states_and_round_trip(tmp_path):
@@ -268,18 +277,22 @@ def test_backbone__auto_backbone_hidden_states_and_round_trip(tmp_path):
     loaded = SOPBackbone.from_pretrained(tmp_path).eval()
     assert loaded.out_features == ["stage1", "stage2"]
     images = torch.randn(2, 3, 32, 32)
-    for a, b in zip(backbone(images).feature_maps, loaded(images).feature_maps):
+    expected, got = backbone(images).feature_maps, loaded(images).feature_maps
+    assert len(expected) == len(got) == 2
+    for a, b in zip(expected, got, strict=True):
         assert torch.equal(a, b)
 
 
 def test_backbone__gradient_checkpointing_same_gradients():
     backbone = SOPBackbone(encoder_config(out_indices=[1, 2])).train()
     images = torch.randn(2, 3, 32, 32)
+    mlp_calls = count_forward_calls([layer.mlp for layer in backbone.layers])
     sum(m.square().mean() for m in backbone(images).feature_maps).backward()
     grads = {n: p.grad.clone() for n, p in backbone.named_parameters()}
     backbone.zero_grad()
     _enable_checkpointing(backbone)
     sum(m.square().mean() for m in backbone(images).feature_maps).backward()
+    assert mlp_calls == [1 + 2, 1 + 2]  # checkpointed: each block ran again in the backward
     for name, param in backbone.named_parameters():
         torch.testing.assert_close(param.grad, grads[name], msg=name)
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import sys
 
 import pytest
@@ -149,12 +150,15 @@ def test_plot__names_the_method_its_p_and_the_random_init_level(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
-    [({"every_n_steps": 0}, "every_n_steps"), ({"k": 0}, "k"), ({"which": "ema"}, "which"),
-     ({"num_prototypes": 1}, "num_prototypes"), ({"label_column": "target"}, "target")],
+    "kwargs, message",
+    [({"every_n_steps": 0}, "every_n_steps must be >= 1, got 0"), ({"k": 0}, "k must be >= 1, got 0"),
+     ({"which": "ema"}, "which must be 'teacher' or 'student', got 'ema'"),
+     ({"num_prototypes": 1}, "num_prototypes must be >= 2 (ln P > 0), got 1"),
+     ({"head_samples": 1}, "head_samples must be 0 (off) or >= 2, got 1"),
+     ({"label_column": "target"}, "memory_dataset needs a 'target' column (integer labels)")],
 )  # fmt: skip
-def test_monitor__bad_arguments_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
+def test_monitor__bad_arguments_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):  # a bare field name such as "k" matched anything
         _monitor(**kwargs)
 
 

@@ -86,23 +86,42 @@ def test_eval__never_touches_banks(config):
         assert torch.equal(model.state_dict()[key], value), key
 
 
+def _teacher_student_pairs(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every teacher parameter with the student parameter of the same name (backbone and projection head)."""
+    pairs = {}
+    for student_name, teacher_name in (("sop", "teacher"), ("head", "teacher_head")):
+        student = dict(getattr(model, student_name).named_parameters())
+        for name, param in getattr(model, teacher_name).named_parameters():
+            pairs[f"{teacher_name}.{name}"] = (param, student[name])
+    return pairs
+
+
 def test_teacher__moves_only_through_update_teacher(config):
     model = SOPForPreTraining(config).train()
-    teacher_before = [p.clone() for p in model.teacher_parameters()]
+    pairs = _teacher_student_pairs(model)
+    assert {id(t) for t, _ in pairs.values()} == {id(p) for p in model.teacher_parameters()}
+    assert {name.split(".")[0] for name in pairs} == {"teacher", "teacher_head"}
+    teacher_before = {name: t.detach().clone() for name, (t, _) in pairs.items()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model(**batch_inputs()).loss.backward()
     optimizer.step()
-    assert all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher_parameters()))
-    student = dict(model.sop.named_parameters())
-    name, teacher_param = "layers.0.mlp.fc1.weight", dict(model.teacher.named_parameters())["layers.0.mlp.fc1.weight"]
-    expected = 0.9 * teacher_param.detach().clone() + 0.1 * student[name].detach()
+    for name, (teacher, student) in pairs.items():
+        assert torch.equal(teacher, teacher_before[name]), name  # the optimizer step left the teacher alone
+        assert not torch.equal(teacher, student), name  # ... and moved every student parameter away from it
+    expected = {name: 0.9 * t.detach() + 0.1 * s.detach() for name, (t, s) in pairs.items()}
     model.update_teacher(0.9)
-    torch.testing.assert_close(teacher_param, expected)
-    head_before = model.teacher_head.mlp[0].weight.detach().clone()
+    for name, (teacher, _) in pairs.items():  # every parameter of the backbone and of the head follows the EMA
+        torch.testing.assert_close(teacher, expected[name], msg=name)
+    frozen = {name: t.detach().clone() for name, (t, _) in pairs.items()}
     with torch.no_grad():
-        model.head.mlp[0].weight.add_(1.0)  # the student moves; with momentum 1 the teacher must not follow
+        for _, student in pairs.values():
+            student.add_(1.0)  # the student moves; with momentum 1 the teacher must not follow
     model.update_teacher(1.0)  # momentum 1: frozen
-    assert torch.equal(head_before, model.teacher_head.mlp[0].weight)
+    for name, (teacher, _) in pairs.items():
+        assert torch.equal(teacher, frozen[name]), name
+    model.update_teacher(0.0)  # momentum 0: a copy of the student
+    for name, (teacher, student) in pairs.items():
+        torch.testing.assert_close(teacher, student, msg=name)
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\]"):
         model.update_teacher(1.5)
 
@@ -158,8 +177,10 @@ def test_checkpoint__banks_pointer_and_step_restored(tmp_path, config):
     model(**batch_inputs())
     model.save_pretrained(tmp_path)
     loaded = SOPForPreTraining.from_pretrained(tmp_path)
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert list(reloaded) == list(original)
+    for key, value in original.items():
+        assert torch.equal(reloaded[key], value), key
     assert int(loaded.class_memory.ptr) == BATCH and int(loaded.step_count) == 1
 
 
@@ -190,3 +211,5 @@ def test_bf16_autocast__loss_float32_and_finite(config):
         out = model(**batch_inputs())
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and not [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]

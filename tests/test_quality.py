@@ -50,6 +50,7 @@ def test_sop_beats_random_init_on_fashion_mnist(tmp_path):
     print(f"k-NN top-1: random init {random_init:.4f}, trained {trained:.4f}")
     assert trained >= random_init + MARGIN, summary
     assert "Collapse indicators" not in result.stderr, result.stderr[-5000:]
+    assert len(summary["first_losses"]) == len(summary["last_losses"]) == 5
     losses = summary["first_losses"] + summary["last_losses"]
     assert all(math.isfinite(v) for v in losses)
     # The loss rises while the bank fills with real embeddings, then falls: the last 5 logged values must sit

@@ -15,6 +15,9 @@ from safetensors.torch import load_file
 from sop_hf.training import PerParameterClipCallback, SOPTrainingArguments, cosine_schedule, warmup_constant_schedule
 
 SCRIPT = str(Path(__file__).parent / "scripts" / "train_tiny.py")
+# What a saved state must hold (student, teacher, head, both banks and pointers, step count), among the rest.
+STATE_KEYS = ("sop.layernorm.weight", "teacher.layernorm.weight", "teacher_head.mlp.0.weight", "class_memory.rows",
+              "class_memory.ptr", "patch_memory.rows", "patch_memory.ptr", "step_count")  # fmt: skip
 ROOT = str(Path(__file__).parent.parent)
 
 
@@ -113,6 +116,7 @@ def test_resume__killed_run_continues_exactly(tmp_path):
     run_script(killed, "--max_steps", 6, "--save_steps", 3, "--resume", killed / "checkpoint-3")
     a, b = torch.load(straight / "result.pt"), torch.load(killed / "result.pt")
     assert a["losses"] == b["losses"] and len(a["losses"]) == 6
+    assert list(a["state"]) == list(b["state"]) and set(STATE_KEYS) <= set(a["state"])
     for key, value in a["state"].items():
         assert torch.equal(value, b["state"][key]), key  # student, teacher, both banks, pointers, step count
     checkpoint = load_file(killed / "checkpoint-3" / "model.safetensors")
@@ -142,7 +146,9 @@ def test_resume__incomplete_checkpoint_skipped_missing_state_named(tmp_path):
     assert "skipping incomplete checkpoint" in result.stderr
     a, b = torch.load(straight / "result.pt"), torch.load(broken / "result.pt")
     assert [a["losses"][s] for s in (3, 4, 5, 6)] == [b["losses"][s] for s in (3, 4, 5, 6)]  # continued from step 2
-    assert all(torch.equal(v, b["state"][k]) for k, v in a["state"].items())
+    assert list(a["state"]) == list(b["state"]) and set(STATE_KEYS) <= set(a["state"])
+    for key, value in a["state"].items():
+        assert torch.equal(value, b["state"][key]), key
 
 
 def test_sharded_strategies__refused_with_what_works(tmp_path, monkeypatch):
@@ -180,7 +186,9 @@ def test_gradient_accumulation__every_micro_batch_enqueues(tmp_path):
 
 
 def _all_saved_tensors_finite(folder: Path) -> bool:
-    for checkpoint in folder.glob("checkpoint-*"):
+    checkpoints = list(folder.glob("checkpoint-*"))
+    assert checkpoints, f"no checkpoint in {folder}"  # nothing to check must not count as all finite
+    for checkpoint in checkpoints:
         tensors = list(load_file(checkpoint / "model.safetensors").values())
         optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=False)
         tensors += [t for state in optimizer["state"].values() for t in state.values() if isinstance(t, torch.Tensor)]
@@ -220,4 +228,4 @@ def test_two_processes__accelerate_launch_gloo_identical_banks(tmp_path):
     result = torch.load(tmp_path / "result.pt")
     assert result["world_size"] == 2
     assert torch.equal(rank0["rows"], rank1["rows"]) and int(rank0["ptr"]) == int(rank1["ptr"]) == 3 * 2 * 2
-    assert all(math.isfinite(v) for v in result["losses"].values())
+    assert sorted(result["losses"]) == [1, 2, 3] and all(math.isfinite(v) for v in result["losses"].values())
