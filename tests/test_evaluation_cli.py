@@ -236,3 +236,32 @@ def test_eval__one_folder_held_out_with_validation_split_percentage(model_dir, t
     with pytest.raises(ValueError, match="has only the split 'train': pass --test_data"):
         eval_main(base)
     assert run_eval([*base, "--validation_split_percentage", "25"], capsys) == ["knn_top1@5: 1.0000"]
+
+
+def test_eval__save_to_disk_named_splits_with_a_corrupt_image(model_dir, tmp_path, capsys, caplog):
+    """A ``Dataset.save_to_disk`` folder with train / validation splits, one unreadable image in each: k-NN, linear
+    probe and retrieval run on the named splits and skip the bad rows with a count."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+
+    def split(count: int) -> datasets.Dataset:
+        images = [Image.fromarray((rng.integers(0, 100, (28, 28)) + 120 * (i % 2)).astype(np.uint8)) for i in range(count)]
+        table = datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(count)]},
+                                           features=datasets.Features({"image": datasets.Image(),
+                                                                       "label": datasets.ClassLabel(names=["dark", "bright"])}))  # fmt: skip
+        bad = datasets.Dataset.from_dict({"image": [{"bytes": b"not an image", "path": None}], "label": [0]},
+                                         features=table.features)  # fmt: skip
+        return datasets.concatenate_datasets([table, bad])
+
+    datasets.DatasetDict({"train": split(24), "validation": split(10)}).save_to_disk(tmp_path / "saved")
+    base = ["--model", model_dir, "--no_cache", "--no_progress", "--train_data", str(tmp_path / "saved"),
+            "--test_split", "validation"]  # fmt: skip
+    assert run_eval(["knn", *base, "--ks", "5"], capsys) == ["knn_top1@5: 1.0000"]
+    assert caplog.text.count("skipped 1 unreadable image(s)") >= 2  # one per split
+    linear = run_eval(["linear", *base, "--epochs", "5", "--lrs", "0.1"], capsys)
+    assert re.fullmatch(rf"linear_top1: {FRACTION}", linear[0])
+    retrieval = run_eval(["retrieval", *base], capsys)
+    assert re.fullmatch(rf"map: {FRACTION}", retrieval[0]) and float(retrieval[0].split(": ")[1]) > 0.5
+    with pytest.raises(ValueError, match="test"):
+        eval_main(["knn", *base[:-2], "--ks", "5"])  # the default test split does not exist: named in the error
