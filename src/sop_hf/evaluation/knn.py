@@ -2,8 +2,8 @@
 
 Features are L2-normalised; similarity is the cosine; each of the k nearest training samples votes for its label
 with weight ``exp(s / T)``, T = 0.07. Test samples are processed ``test_chunk`` at a time and the training set
-``train_chunk`` rows at a time (a running top-k merge), so memory is O(test_chunk x (train_chunk + k)) rather than
-N_test x N_train.
+``train_chunk`` rows at a time (a running top-k merge, each chunk normalised as it is read), so the transient memory
+is O(test_chunk x (train_chunk + k) + train_chunk x D) rather than N_test x N_train (benchmarks/knn_memory.py).
 
 >>> import torch
 >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
@@ -26,7 +26,7 @@ def knn_classify(
     temperature: float = 0.07,
     num_classes: int | None = None,
     test_chunk: int = 1024,
-    train_chunk: int = 65536,
+    train_chunk: int = 8192,
 ) -> dict[int, torch.Tensor]:
     """Predicted labels of every test row for each k. Args: train [N, D], labels [N] long, test [M, D]."""
     if train_features.shape[0] != train_labels.shape[0]:
@@ -43,7 +43,7 @@ def knn_classify(
                          "more training images")  # fmt: skip
     max_k = ks[-1]
     num_classes = int(num_classes or int(train_labels.max()) + 1)
-    train = normalize(train_features.float(), dim=1)
+    train = train_features  # normalised chunk by chunk below: no full-size copy of the training features
     test = normalize(test_features.float(), dim=1)
     train_labels = train_labels.long()
     predictions = {k: [] for k in ks}
@@ -52,7 +52,8 @@ def knn_classify(
         best_sim = queries.new_full((queries.shape[0], 0), float("-inf"))
         best_idx = torch.empty((queries.shape[0], 0), dtype=torch.long, device=queries.device)
         for t_start in range(0, train.shape[0], train_chunk):
-            sim = queries @ train[t_start : t_start + train_chunk].T  # [q, c]
+            rows = normalize(train[t_start : t_start + train_chunk].to(queries.device, torch.float32), dim=1)  # [c, D]
+            sim = queries @ rows.T  # [q, c]
             top = sim.topk(min(max_k, sim.shape[1]), dim=1)
             merged_sim = torch.cat((best_sim, top.values), dim=1)
             merged_idx = torch.cat((best_idx, top.indices + t_start), dim=1)
