@@ -137,10 +137,10 @@ def test_convert__stock_vit(tmp_path, mode):
 def test_console_scripts__convert_then_export_in_subprocesses(tmp_path):
     torch.save(TRAINING_CHECKPOINT, tmp_path / "checkpoint.pth")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    script = Path(sys.executable).parent / "sop-convert"
-    convert = [str(script), "--checkpoint", str(tmp_path / "checkpoint.pth"), "--output_dir", str(tmp_path / "sop"),
+    script = Path(sys.executable).parent / "sop-hf"  # the one command; sop-convert is its alias
+    convert = [str(script), "convert", "--checkpoint", str(tmp_path / "checkpoint.pth"), "--output_dir", str(tmp_path / "sop"),
                "--which", "student", "--num_attention_heads", str(HEADS)]  # fmt: skip
-    export = [sys.executable, "-m", "sop_hf.cli", "export", "--model", str(tmp_path / "sop"),
+    export = [str(Path(sys.executable).parent / "sop-export"), "--model", str(tmp_path / "sop"),
               "--output_dir", str(tmp_path / "vit")]  # fmt: skip
     for command in (convert, export):
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

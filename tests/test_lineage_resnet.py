@@ -216,3 +216,30 @@ def test_update_model_card__adds_results_to_a_resnet_export_but_not_to_a_foreign
     encoder.save_pretrained(tmp_path / "foreign")  # a ResNet without an sop_hf card
     with pytest.raises(ValueError, match="has model_type='resnet'"):
         update_model_card(tmp_path / "foreign", [result])
+
+
+def test_zero_init_residual__last_branch_batch_norm_starts_at_zero_and_the_teacher_copies_it():
+    model = resnet_lineage(zero_init_residual=True)
+    branches = [m for m in model.student.modules() if type(m).__name__ in ("ResNetBasicLayer", "ResNetBottleNeckLayer")]
+    assert len(branches) == 2  # two stages of one basic block
+    for block in branches:
+        assert torch.count_nonzero(block.layer[-1].normalization.weight) == 0
+        assert torch.count_nonzero(block.layer[0].normalization.weight) > 0  # only the last one of the branch
+    teacher = dict(model.teacher.named_parameters())
+    for name, value in model.student.named_parameters():
+        assert torch.equal(value, teacher[name]), name
+    plain = resnet_lineage()
+    assert all(torch.count_nonzero(m.layer[-1].normalization.weight) > 0 for m in plain.student.modules()
+               if type(m).__name__ == "ResNetBasicLayer")  # fmt: skip
+    from sop_hf.methods import METHODS
+
+    assert METHODS["carp"].recipes["carp_resnet50_imagenet"]["model"]["zero_init_residual"] is True
+
+
+def test_head__batch_norm_sees_global_and_local_views_in_one_batch():
+    model = resnet_lineage().train()
+    calls = []
+    handle = model.head.mlp[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    model(**inputs(batch=4))  # 2 global + 2 local views of 4 images
+    handle.remove()
+    assert calls == [16]  # one head call over all V * B = 16 rows: BatchNorm statistics over every view together

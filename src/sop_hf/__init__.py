@@ -7,7 +7,14 @@ Importing the package registers ``SOPConfig`` / ``SOPModel`` / ``SOPImageProcess
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .configuration_sop import PRESETS, SOPConfig
-from .hub import build_model_card, export_to_vit, load_original_checkpoint, push_encoder_to_hub, save_encoder, save_stock_vit
+from .hub import (
+    build_model_card,
+    export_to_vit,
+    load_original_checkpoint,
+    push_encoder_to_hub,
+    save_encoder,
+    save_stock_vit,
+)
 from .image_processing_sop import SOPImageProcessor
 from .methods import (
     METHODS,

@@ -35,6 +35,8 @@ class LineageConfig(PreTrainedConfig):
         student_temp, teacher_temp: Default temperatures when the training loop passes none.
         koleo_loss_weight: KoLeo on the student's global-view embeddings (0 = off; docs/method.md §20 says when).
         initializer_range: Std of the head's truncated-normal initialisation.
+        zero_init_residual: ResNet backbones only: start the last BatchNorm of every residual branch at weight 0, so
+            each block starts as the identity (the torchvision option CARP's ResNet-50 recipe uses). Ignored for the ViT.
     """
 
     sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="sop")}
@@ -49,6 +51,7 @@ class LineageConfig(PreTrainedConfig):
     teacher_temp: float = 0.04
     koleo_loss_weight: float = 0.0
     initializer_range: float = 0.02
+    zero_init_residual: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -104,6 +107,16 @@ class LineageForPreTrainingOutput(ModelOutput):
     teacher_embeddings: torch.FloatTensor | None = None
 
 
+def zero_init_residual_batch_norm(resnet: ResNetModel) -> None:
+    """Set the weight of the last BatchNorm in every residual branch of a transformers ResNet to 0."""
+    from transformers.models.resnet.modeling_resnet import ResNetBasicLayer, ResNetBottleNeckLayer
+
+    with torch.no_grad():
+        for module in resnet.modules():
+            if isinstance(module, (ResNetBasicLayer, ResNetBottleNeckLayer)):
+                module.layer[-1].normalization.weight.zero_()
+
+
 def build_encoder(config: LineageConfig, teacher: bool = False) -> SOPModel | ResNetModel:
     """The student (or teacher: no drop path) encoder of ``config.backbone_config``."""
     if config.is_resnet:
@@ -129,6 +142,11 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
         self.teacher_head = SOPHead(*head_sizes, **head_options)
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long), persistent=True)
         self.anchor_seed = 0
+
+    def post_init(self):
+        super().post_init()
+        if self.config.is_resnet and self.config.zero_init_residual:
+            zero_init_residual_batch_norm(self.student)  # the teacher copies it in freeze_and_sync_teacher
 
     def build_export_encoder(self) -> SOPModel | ResNetModel:
         if self.config.is_resnet:
@@ -168,10 +186,11 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
         # pooler_output: [B, D] ([CLS]) for the ViT, [B, D, 1, 1] (global average pool) for the ResNet
         with torch.no_grad():
             t_emb = self.teacher_head(self.teacher(pixel_values).pooler_output.flatten(1))  # [2B, d]
-        s_emb = self.head(self.student(pixel_values).pooler_output.flatten(1))  # [2B, d]
+        s_feat = self.student(pixel_values).pooler_output.flatten(1)  # [2B, D]
         if local_pixel_values is not None and local_pixel_values.shape[0] > 0:
-            s_local = self.head(self.student(local_pixel_values).pooler_output.flatten(1))  # [nB, d]
-            s_emb = torch.cat((s_emb, s_local))  # [V*B, d]
+            s_local = self.student(local_pixel_values).pooler_output.flatten(1)  # [nB, D]
+            s_feat = torch.cat((s_feat, s_local))  # [V*B, D]
+        s_emb = self.head(s_feat)  # [V*B, d]: one call, so a BatchNorm head normalises over all views at once (CARP)
         loss, terms = self.method_loss(s_emb, t_emb, student_temp, teacher_temp)
         if config.koleo_loss_weight > 0:
             globals_ = torch.nn.functional.normalize(s_emb[: NUM_GLOBAL_VIEWS * batch], dim=1)
