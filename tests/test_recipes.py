@@ -82,6 +82,10 @@ PINNED = [
     ("carp", "carp_resnet50_imagenet", "training", "per_device_train_batch_size", 32),
     ("carp", "carp_resnet50_imagenet", "training", "momentum_teacher", 0.99),
     ("carp", "carp_resnet50_imagenet", "training", "weight_decay", 1e-6),
+    ("carp", "carp_resnet50_imagenet", "training", "lars", True),
+    ("carp", "carp_resnet50_imagenet", "training", "learning_rate", 0.45),
+    ("carp", "carp_resnet50_imagenet", "training", "min_lr", 0.0048),
+    ("carp", "carp_resnet50_imagenet", "model", "zero_init_residual", True),
 ]  # fmt: skip
 
 

@@ -82,6 +82,11 @@ class SOPTrainingArguments(TrainingArguments):
         default=0.0, metadata={"help": "Global gradient clipping (transformers); SOP uses --clip_grad_per_param."}
     )
 
+    lars: bool = field(
+        default=False,
+        metadata={"help": "Train with LARS (SGD, momentum 0.9, layer-wise trust ratio; biases and norms excluded) "
+                  "instead of --optim, as CARP's ResNet-50 recipe does; learning_rate is then LARS's base rate."},
+    )  # fmt: skip
     do_train: bool = field(default=True, metadata={"help": "Train (false: evaluate and export a checkpoint)."})
     do_eval: bool = field(default=True, metadata={"help": "Run the final k-NN evaluation of the encoder."})
     overwrite_output_dir: bool = field(

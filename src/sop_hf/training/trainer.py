@@ -43,6 +43,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from ..data.pipeline import EpochSampler, MultiCropDataset
 from .arguments import SOPTrainingArguments
+from .lars import LARS
 from .callbacks import (
     DECAY_GROUP_KEY,
     PerParameterClipCallback,
@@ -137,6 +138,8 @@ class SOPTrainer(Trainer):
         return [n for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith(".bias")]
 
     def _create_sop_optimizer(self, model=None):
+        if self.args.lars:
+            self.optimizer_cls_and_kwargs = (LARS, {"lr": self.peak_learning_rate, "momentum": 0.9})
         optimizer = super().create_optimizer(model)
         decay_names = set(self.get_decay_parameter_names(self.model))
         decay_params = {id(p) for n, p in self.model.named_parameters() if n in decay_names}
