@@ -26,7 +26,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import HfArgumentParser, PretrainedConfig, TrainerCallback, set_seed
+from transformers import HfArgumentParser, PretrainedConfig, set_seed
 
 import sop_hf  # noqa: F401 - registers the SOP classes with the Auto* factories
 from sop_hf import PRESETS
@@ -35,7 +35,8 @@ from sop_hf.methods import METHODS, build_config, get_method, recipe_owner
 from sop_hf.methods.recipes import recipe_defaults
 from sop_hf.data.sources import available_splits, has_labels, load_image_dataset, random_subset
 from sop_hf.evaluation import extract_features, knn_top1
-from sop_hf.hub import default_image_processor, push_run_to_hub, save_encoder
+from sop_hf.hub import default_image_processor, save_encoder
+from sop_hf.hub.run import HubPushCallback, HubTarget
 from sop_hf.training import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves
 from sop_hf.training.trainer import last_complete_checkpoint
 from sop_hf.data.images import to_rgb_image
@@ -268,54 +269,6 @@ def training_record(model_args, data_args, training_args, trainer, recipe: str) 
         "mim_loss_weight": getattr(trainer.model.config, "mim_loss_weight", 0.0),
         "exported": training_args.export_encoder,
     }  # fmt: skip
-
-
-@dataclass
-class HubTarget:
-    """Where --push_to_hub publishes: the Trainer's own push would upload the pretraining model (student, teacher,
-    heads, banks), so the job turns it off and publishes the exported encoder itself (``hub.push_run_to_hub``)."""
-
-    repo_id: str
-    strategy: str
-    token: str | None
-    private: bool | None
-
-    @classmethod
-    def take_from(cls, training_args) -> "HubTarget | None":
-        if not training_args.push_to_hub:
-            return None
-        strategy = str(getattr(training_args.hub_strategy, "value", training_args.hub_strategy))
-        target = cls(training_args.hub_model_id or Path(training_args.output_dir).resolve().name, strategy,
-                     training_args.hub_token, training_args.hub_private_repo)  # fmt: skip
-        training_args.push_to_hub = False
-        return target
-
-    def checkpoints(self, output_dir: str) -> dict[str, str]:
-        """The training checkpoints this strategy publishes beside the encoder."""
-        if self.strategy == "checkpoint":
-            last = last_complete_checkpoint(output_dir)
-            return {"last-checkpoint": last} if last else {}
-        if self.strategy == "all_checkpoints":
-            return {p.name: str(p) for p in sorted(Path(output_dir).glob("checkpoint-*"))
-                    if (p / "checkpoint_complete.json").exists()}  # fmt: skip
-        return {}
-
-    def push(self, output_dir: str, message: str) -> None:
-        url = push_run_to_hub(output_dir, self.repo_id, checkpoints=self.checkpoints(output_dir), private=self.private,
-                              token=self.token, commit_message=message)  # fmt: skip
-        logger.info("pushed to %s", url)
-
-
-class HubPushCallback(TrainerCallback):
-    """--hub_strategy every_save / checkpoint / all_checkpoints: publish the encoder (and checkpoints) at each save."""
-
-    def __init__(self, target: HubTarget, export):
-        self.target, self.export = target, export
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.export()
-            self.target.push(args.output_dir, f"Training in progress, step {state.global_step}")
 
 
 def export_outputs(model, training_args, write_card) -> Path:

@@ -5,8 +5,6 @@ CARL is CARP with a single block, so it reuses CARP's model and loss.
 
 import torch
 
-from ..losses.carp import carl_loss
-from ..losses.views import mean_assignment_entropy
 from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, recipe
 from .carp import CARPConfig, CARPForPreTraining
 from .core import Method
@@ -29,13 +27,9 @@ class CARLConfig(CARPConfig):
 class CARLForPreTraining(CARPForPreTraining):
     config_class = CARLConfig
 
-    def method_loss(self, student_embeddings, teacher_embeddings, student_temp, teacher_temp):
-        s_logits = self.prototypes(student_embeddings)  # [V*B, K]
-        with torch.no_grad():
-            t_logits = self.teacher_prototypes(teacher_embeddings)  # [2B, K]
-            entropy = mean_assignment_entropy(t_logits.float().softmax(-1))
-        out = carl_loss(s_logits, t_logits, self.config.uniformity_weight)
-        return out.loss, {"uniformity_loss": out.uniformity, "teacher_entropy": entropy}
+    def partition(self, device: torch.device) -> None:
+        """One block of all prototypes: ``carp_loss`` with no partition is CARL's loss (``losses.carp.carl_loss``)."""
+        return None
 
 
 RECIPES: dict[str, dict[str, dict]] = {

@@ -64,7 +64,7 @@ class CARPForPreTraining(LineageForPreTraining):
             torch.nn.init.normal_(module.weight, std=0.02)
 
     def partition(self, device: torch.device) -> torch.Tensor | None:
-        """This step's prototype blocks [N_P, N_B] (None: one block of all prototypes)."""
+        """This step's prototype blocks [N_P, N_B] (CARL overrides it: None, one block of all prototypes)."""
         return random_partition(self.config.num_prototypes, self.config.block_size, self._generator(0), device)
 
     def method_loss(self, student_embeddings, teacher_embeddings, student_temp, teacher_temp):

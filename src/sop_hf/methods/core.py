@@ -11,11 +11,20 @@ import torch
 from transformers import PreTrainedConfig
 from transformers import initialization as init
 
-from ..modeling_sop import SOPPreTrainedModel
+from ..configuration_sop import SOPConfig
+from ..modeling_sop import SOPModel, SOPPreTrainedModel
 from ..modules.memory_bank import MemoryBank
 from ..seeding import stream_seed
 
 NUM_GLOBAL_VIEWS = 2  # SOP, like DINO/iBOT, pairs two global views; the teacher sees only these.
+
+
+def exported_vit(config: SOPConfig) -> SOPModel:
+    """A fresh ``SOPModel`` of ``config``'s architecture without mask token or SOP-MIM weight: the exported encoder,
+    to receive the trained weights (``config`` may be a pretraining config: only ``SOPConfig``'s fields are read)."""
+    fields = set(SOPConfig.__dataclass_fields__) - {"model_type", "architectures", "auto_map"}
+    values = {k: v for k, v in config.to_dict().items() if k in fields}
+    return SOPModel(SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0}))
 
 
 class StudentTeacherPreTrainedModel(SOPPreTrainedModel):

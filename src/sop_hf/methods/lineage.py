@@ -18,7 +18,7 @@ from ..configuration_sop import SOPConfig
 from ..losses.koleo import koleo_loss
 from ..modeling_sop import SOPModel
 from ..modules.heads import SOPHead
-from .core import NUM_GLOBAL_VIEWS, StudentTeacherPreTrainedModel
+from .core import NUM_GLOBAL_VIEWS, StudentTeacherPreTrainedModel, exported_vit
 
 
 class LineageConfig(PreTrainedConfig):
@@ -151,9 +151,7 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
     def build_export_encoder(self) -> SOPModel | ResNetModel:
         if self.config.is_resnet:
             return ResNetModel(self.config.backbone_config)
-        fields = set(SOPConfig.__dataclass_fields__) - {"model_type", "architectures", "auto_map"}
-        values = {k: v for k, v in self.config.backbone_config.to_dict().items() if k in fields}
-        return SOPModel(SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0}))
+        return exported_vit(self.config.backbone_config)
 
     def method_loss(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, student_temp: float,
                     teacher_temp: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

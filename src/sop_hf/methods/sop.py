@@ -36,7 +36,7 @@ from ..modules.distributed import get_rank
 from ..modules.heads import SOPHead
 from ..modules.memory_bank import MemoryBank
 from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IBOT_MULTICROP, IMAGENET_TRAINING, recipe
-from .core import NUM_GLOBAL_VIEWS, Method, StudentTeacherPreTrainedModel
+from .core import NUM_GLOBAL_VIEWS, Method, StudentTeacherPreTrainedModel, exported_vit
 
 
 @dataclass
@@ -94,9 +94,7 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
 
     def build_export_encoder(self) -> SOPModel:
         """A fresh encoder of the exported architecture: an ``SOPModel`` without mask token or SOP-MIM weight."""
-        fields = set(SOPConfig.__dataclass_fields__) - {"model_type", "architectures", "auto_map"}
-        values = {k: v for k, v in self.config.to_dict().items() if k in fields}
-        return SOPModel(SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0}))
+        return exported_vit(self.config)
 
     @torch.no_grad()
     def probe_assignments(self, embeddings, teacher_temp, generator, which="teacher"):
