@@ -422,8 +422,12 @@ def main(argv: list[str] | None = None) -> dict:
         chosen = recipe_for_images(model_args.method, side)
         logger.info("no --recipe given: the training images are %d px, so the run uses %s (pass --recipe to "
                     "choose; --help lists them)", side, chosen[0])  # fmt: skip
+        wanted_eval, eval_split = data_args.knn_eval or data_args.monitor_steps > 0, data_args.eval_split
         model_args, data_args, training_args, recipe, recipe_values, _ = parse_arguments(argv, chosen)
-        train_raw, eval_splits = load_training_data(data_args, training_args.seed)
+        if (data_args.knn_eval or data_args.monitor_steps > 0) == wanted_eval:
+            data_args.eval_split = eval_split  # the recipe changes crops and training, not the data: keep what was read
+        else:
+            train_raw, eval_splits = load_training_data(data_args, training_args.seed)
     evaluation_as_monitor(training_args, data_args)
     if not training_args.do_eval:
         data_args.knn_eval = False

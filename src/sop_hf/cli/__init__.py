@@ -11,6 +11,7 @@ These modules are the only readers of ``sys.argv`` in sop_hf.
 
 import sys
 
+from .common import usage_exit_code
 from .convert import convert_main
 from .eval import eval_main
 from .export import export_main
@@ -30,11 +31,8 @@ Run `sop-hf COMMAND --help` for the options of a command."""
 def main(argv: list[str] | None = None) -> int:
     """``sop-hf COMMAND ...``: dispatch to the subcommand; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in COMMANDS:
-        asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
-        print(USAGE, file=sys.stdout if asked_for_help else sys.stderr)
-        return 0 if asked_for_help else 2
-    return COMMANDS[argv[0]](argv[1:])
+    code = usage_exit_code(argv, COMMANDS, USAGE)
+    return code if code is not None else COMMANDS[argv[0]](argv[1:])
 
 
 __all__ = ["COMMANDS", "convert_main", "eval_main", "export_main", "main", "visualize_main"]

@@ -24,6 +24,16 @@ def parse(dataclass_types, prog: str, description: str, argv: list[str] | None) 
     return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
 
 
+def usage_exit_code(argv: list[str], commands, usage: str) -> int | None:
+    """When ``argv`` names none of ``commands``: print ``usage`` (stdout for ``--help``, else stderr) and return the
+    exit code (0 for help, 2 otherwise); None when it names one."""
+    if argv and argv[0] in commands:
+        return None
+    asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
+    print(usage, file=sys.stdout if asked_for_help else sys.stderr)
+    return 0 if asked_for_help else 2
+
+
 def setup_logging() -> None:
     """INFO logs of sop_hf on stderr (results go to stdout)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -32,7 +32,7 @@ from ..evaluation.visualize import save_feature_scatter
 
 from ..hub.loading import load_encoder
 from ..hub.model_card import card_results, update_model_card
-from .common import parse, setup_logging
+from .common import parse, setup_logging, usage_exit_code
 
 logger = logging.getLogger(__name__)
 SUBSET_SEED = 0  # --max_samples keeps a seeded random subset (class-sorted folders would otherwise give one class)
@@ -259,10 +259,9 @@ Run `sop-eval knn --help` for the options of a command."""
 def eval_main(argv: list[str] | None = None) -> int:
     """``sop-eval {knn,linear,retrieval} ...``: print the results, optionally record them in the model card."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in _COMMANDS:
-        asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
-        print(_USAGE, file=sys.stdout if asked_for_help else sys.stderr)
-        return 0 if asked_for_help else 2
+    code = usage_exit_code(argv, _COMMANDS, _USAGE)
+    if code is not None:
+        return code
     command, rest = argv[0], argv[1:]
     command_type, run, describe = _COMMANDS[command]
     model_args, data_args, command_args = parse((ModelArguments, DataArguments, command_type),
