@@ -87,6 +87,13 @@ class SOPTrainingArguments(TrainingArguments):
         metadata={"help": "Train with LARS (SGD, momentum 0.9, layer-wise trust ratio; biases and norms excluded) "
                   "instead of --optim, as CARP's ResNet-50 recipe does; learning_rate is then LARS's base rate."},
     )  # fmt: skip
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={"help": "Threads per process of a CPU-only run. Default: under accelerate launch, at least the usable "
+                  "cores divided by the processes on this machine (accelerate launch alone sets OMP_NUM_THREADS=1, "
+                  "which leaves the other cores of a one-process CPU run idle); with plain python, what "
+                  "OMP_NUM_THREADS / torch chose. Runs on an accelerator ignore it."},
+    )  # fmt: skip
     do_train: bool = field(default=True, metadata={"help": "Train (false: evaluate and export a checkpoint)."})
     do_eval: bool = field(default=True, metadata={"help": "Run the final k-NN evaluation of the encoder."})
     overwrite_output_dir: bool = field(
@@ -135,6 +142,7 @@ class SOPTrainingArguments(TrainingArguments):
             "momentum_teacher": 0.0 <= self.momentum_teacher <= 1.0,
             "momentum_teacher_end": 0.0 <= self.momentum_teacher_end <= 1.0,
             "clip_grad_per_param": self.clip_grad_per_param >= 0,
+            "cpu_threads": self.cpu_threads is None or self.cpu_threads >= 1,
             "min_lr": self.min_lr >= 0,
             "warmup_epochs": self.warmup_epochs >= 0,
             "warmup_teacher_temp_epochs": self.warmup_teacher_temp_epochs >= 0,
@@ -144,6 +152,7 @@ class SOPTrainingArguments(TrainingArguments):
         allowed = {
             "student_temp": "> 0", "teacher_temp": "> 0", "warmup_teacher_temp": "> 0",
             "momentum_teacher": "in [0, 1]", "momentum_teacher_end": "in [0, 1]", "clip_grad_per_param": ">= 0",
+            "cpu_threads": ">= 1 (or unset)",
             "min_lr": ">= 0", "warmup_epochs": ">= 0", "warmup_teacher_temp_epochs": ">= 0",
             "max_nonfinite_steps": ">= 1", "max_bad_image_fraction": "in [0, 1]",
         }  # fmt: skip

@@ -43,6 +43,7 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from ..data.pipeline import EpochSampler, MultiCropDataset
 from .arguments import SOPTrainingArguments
+from .cpu_threads import set_cpu_threads
 from .lars import LARS
 from .callbacks import (
     DECAY_GROUP_KEY,
@@ -100,6 +101,7 @@ class SOPTrainer(Trainer):
         train_dataset = kwargs.get("train_dataset")
         _check_dataset_size(train_dataset, args)
         super().__init__(model=model, args=args, **kwargs)
+        set_cpu_threads(args.cpu_threads, args.device, args.world_size)
         if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
             raise ValueError(UNSUPPORTED_SHARDING)
         for callback in (_TrainerHooks(self), PerParameterClipCallback(), WeightDecayScheduleCallback(),
