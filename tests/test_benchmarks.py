@@ -35,3 +35,10 @@ def test_run_quick__prints_the_table_and_the_four_fixed_names():
                  "feature_extraction_ratio_vs_vit"):  # fmt: skip
         assert re.search(rf"^{name}: -?[0-9.]+$", out, re.M), name
     assert "| MFU" in out
+
+
+@pytest.mark.slow
+def test_cpu_threads_quick__prints_the_table_and_the_speedup():
+    out = run(BENCHMARKS / "cpu_threads.py", "--steps", "2", "--repeats", "1", timeout=900)
+    assert "| accelerate launch, trainer default (usable cores) |" in out
+    assert re.search(r"^cpu_threads_speedup_vs_one_thread: [0-9.]+$", out, re.M)

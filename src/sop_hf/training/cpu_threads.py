@@ -1,10 +1,10 @@
 """Threads of a CPU-only training process.
 
 ``accelerate launch`` without ``--num_cpu_threads_per_process`` (and without ``--cpu``) sets ``OMP_NUM_THREADS=1``
-in the processes it starts, so a single-process CPU run uses one core of the machine. On a 2-core machine the demo's
-60 first steps took 41 s under ``accelerate launch`` and 24 s with two threads (docs/performance.md, "Threads of a
-CPU run"). ``SOPTrainer`` therefore gives each process of a CPU-only ``accelerate launch`` run at least its share of the cores
-it may use; ``--cpu_threads N`` chooses exactly, in any run. Runs on an accelerator are left as they are (the host threads only feed it).
+in the processes it starts, so a single-process CPU run used one core of the machine: 60 demo steps took 40.5 s
+on one thread against 29.0 s on two (2-core machine, medians of 3; docs/performance.md, "Threads of a CPU run").
+``SOPTrainer`` therefore gives each process of a CPU-only ``accelerate launch`` run at least its share of the cores
+it may use; ``--cpu_threads N`` chooses exactly, in any run. Runs on an accelerator are left as they are.
 """
 
 import logging
