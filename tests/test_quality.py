@@ -1,6 +1,6 @@
 """Quality gate on real data: SOP pretraining must beat a random encoder on Fashion-MNIST k-NN.
 
-Marked ``quality`` (about 20 minutes on 2 idle CPU cores); CI runs it after the default suite with
+Marked ``quality`` (about 13 minutes on 2 idle CPU cores); CI runs it after the default suite with
 ``python -m pytest -m quality``. Needs Debian's ``dataset-fashion-mnist`` (``.ci/run`` installs it); without it the
 test fails with the install command, on every machine (it only runs when selected with ``-m quality``).
 ``python benchmarks/quality.py --setting gate`` runs the same command for 3 seeds and reports mean and spread.
