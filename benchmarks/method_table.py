@@ -49,14 +49,16 @@ def encoder_features(encoder, processor, seed: int):
     return xa, ya, xb, yb
 
 
-def raw_pixels():
+def raw_pixels(load=None):
+    """[train pixels [N, 784] in [0, 1], train labels, test pixels, test labels] of ``load(split)`` (a Fashion-MNIST
+    loader of ``sop_hf.data.sources``; the embedded subset by default)."""
     import numpy as np
 
     from sop_hf.data.sources import load_embedded_fashion_mnist
 
     out = []
     for split in ("train", "test"):
-        data = load_embedded_fashion_mnist(split)
+        data = (load or load_embedded_fashion_mnist)(split)
         x = torch.tensor(np.stack([np.asarray(im, dtype=np.float32).reshape(-1) / 255 for im in data["image"]]))
         out += [x, torch.tensor(data["label"])]
     return out

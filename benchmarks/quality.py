@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmarks (method_table's raw pixels)
 SCRIPT = ROOT / "examples" / "pretrain_sop.py"
 
 SETTINGS = {
@@ -42,18 +43,12 @@ FULL_SPLITS = ("long",)
 
 def raw_pixel_knn(k: int = 20) -> float:
     """Weighted k-NN top-1 (k 20, cosine, temperature 0.07) of the raw pixels, 60k train vs 10k test images."""
-    import numpy as np
-    import torch
+    from method_table import raw_pixels
 
     from sop_hf.data.sources import load_debian_fashion_mnist
     from sop_hf.evaluation.knn import knn_top1
 
-    features = []
-    for split in ("train", "test"):
-        data = load_debian_fashion_mnist(split)
-        pixels = np.stack([np.asarray(image, dtype=np.float32).reshape(-1) / 255 for image in data["image"]])
-        features += [torch.from_numpy(pixels), torch.as_tensor(np.asarray(data["label"]))]  # [N, 784], [N]
-    return knn_top1(*features, ks=(k,))[k]
+    return knn_top1(*raw_pixels(load_debian_fashion_mnist), ks=(k,))[k]
 
 
 def run_seed(setting: str, method: str, seed: int, extra: list[str], output_dir: Path) -> dict:
