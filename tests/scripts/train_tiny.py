@@ -1,17 +1,24 @@
 """A tiny SOP pretraining run on synthetic, index-seeded data, for the trainer tests (resume, 2 processes, NaN).
 
     python tests/scripts/train_tiny.py OUT_DIR --max_steps 6 [--save_steps 3] [--kill_after_save 3]
-        [--resume CHECKPOINT|last] [--grad_accum 2] [--nan_at_step 2] [--nan_grad_from_step 2 --max_nonfinite_steps 3] [--monitor 2 [--collapse] [--stop_on_collapse]]
+        [--resume CHECKPOINT|last|auto] [--grad_accum 2] [--nan_at_step 2]
+        [--nan_grad_from_step 2 --max_nonfinite_steps 3] [--monitor 2 [--collapse] [--stop_on_collapse]]
+        [--step_delay 0.2] [--export]
     accelerate launch --multi_gpu --num_processes 2 ... tests/scripts/train_tiny.py OUT_DIR --max_steps 4
 
 Writes OUT_DIR/result.pt on the main process: per-step losses, the final state dict, banks and step count; with
---monitor every rank writes its log history (OUT_DIR/log_rank<r>.json) and rank 0 the curves PNG.
+--monitor every rank writes its log history (OUT_DIR/log_rank<r>.json) and rank 0 the curves PNG. Every rank writes
+its pid (OUT_DIR/pid_rank<r>) at start and its optimizer step after each step (OUT_DIR/step_rank<r>), and after a
+preemption the step it stopped at (OUT_DIR/preempted_rank<r>.json) before exiting with status 75. ``--resume auto``
+resumes from the newest complete checkpoint when there is one (the same command starts and continues a run);
+``--export`` writes the teacher encoder to OUT_DIR/encoder.
 """
 
 import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 from transformers import TrainerCallback
@@ -20,6 +27,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
 from sop_hf import SOPImageProcessor  # noqa: E402
 from sop_hf.training import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves  # noqa: E402
+from sop_hf.training import TrainingPreempted  # noqa: E402
+from sop_hf.training.checkpoints import last_complete_checkpoint  # noqa: E402
 
 TINY = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             head_hidden_size=32, head_output_size=16, class_memory_size=40, num_anchors=8, num_support=3,
@@ -91,6 +100,20 @@ class InjectNaNGradient(TrainerCallback):
         self.active = state.global_step >= self.step
 
 
+class StepFile(TrainerCallback):
+    """Writes the optimizer step after each step (a test polls it), optionally sleeping so a signal lands mid-run."""
+
+    def __init__(self, path, delay):
+        self.path, self.delay = path, delay
+
+    def on_step_end(self, args, state, control, **kwargs):
+        with open(self.path + ".tmp", "w") as handle:
+            handle.write(str(state.global_step))
+        os.replace(self.path + ".tmp", self.path)
+        if self.delay:
+            time.sleep(self.delay)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
@@ -106,6 +129,9 @@ def main():
     parser.add_argument("--monitor", type=int, default=0, help="TrainingMonitorCallback every N steps")
     parser.add_argument("--collapse", action="store_true", help="collapse the teacher (zero final norm, no EMA)")
     parser.add_argument("--stop_on_collapse", action="store_true")
+    parser.add_argument("--step_delay", type=float, default=0.0, help="seconds to sleep after each step")
+    parser.add_argument("--preemption_signals", default="SIGTERM,SIGUSR1")
+    parser.add_argument("--export", action="store_true", help="write the teacher encoder to OUT_DIR/encoder")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = SOPForPreTraining(SOPConfig(**TINY))
@@ -116,8 +142,13 @@ def main():
         seed=7, report_to=[], dataloader_num_workers=0, disable_tqdm=True,
         momentum_teacher=1.0 if args.collapse else 0.9, momentum_teacher_end=1.0,
         full_determinism=False, max_nonfinite_steps=args.max_nonfinite_steps,
+        preemption_signals=args.preemption_signals,
     )  # fmt: skip
-    callbacks = []
+    rank = training_args.process_index
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, f"pid_rank{rank}"), "w") as handle:
+        handle.write(str(os.getpid()))
+    callbacks = [StepFile(os.path.join(args.out_dir, f"step_rank{rank}"), args.step_delay)]
     if args.kill_after_save:
         callbacks.append(KillAfterSave(args.kill_after_save))
     if args.nan_at_step >= 0:
@@ -136,7 +167,17 @@ def main():
         callbacks.append(monitor)
     trainer = SOPTrainer(model=model, args=training_args, train_dataset=IndexSeededImages(), data_collator=collate,
                          callbacks=callbacks)  # fmt: skip
-    trainer.train(resume_from_checkpoint=True if args.resume == "last" else args.resume)
+    resume = args.resume
+    if resume == "auto":
+        resume = True if last_complete_checkpoint(args.out_dir) else None
+    try:
+        trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    except TrainingPreempted as stop:
+        with open(os.path.join(args.out_dir, f"preempted_rank{rank}.json"), "w") as handle:
+            json.dump({"global_step": stop.global_step, "checkpoint": stop.checkpoint, "code": stop.code}, handle)
+        raise
+    if args.export and trainer.is_world_process_zero():
+        model.export_encoder("teacher").save_pretrained(os.path.join(args.out_dir, "encoder"))
     if trainer.is_world_process_zero():
         losses = {row["step"]: row["loss"] for row in trainer.state.log_history if "loss" in row}
         terms = {row["step"]: row.get("sop_loss") for row in trainer.state.log_history if "loss" in row}

@@ -4,16 +4,20 @@ from .arguments import SOPTrainingArguments
 from .callbacks import PerParameterClipCallback, TeacherEMACallback, WeightDecayScheduleCallback
 from .monitor import TrainingMonitorCallback
 from .plots import plot_training_curves
+from .preemption import PREEMPTED_EXIT_CODE, PreemptionCallback, TrainingPreempted
 from .schedules import cosine_schedule, warmup_constant_schedule
 from .trainer import NonFiniteLossError, SOPTrainer
 
 __all__ = [
+    "PREEMPTED_EXIT_CODE",
     "NonFiniteLossError",
     "PerParameterClipCallback",
+    "PreemptionCallback",
     "SOPTrainer",
     "SOPTrainingArguments",
     "TeacherEMACallback",
     "TrainingMonitorCallback",
+    "TrainingPreempted",
     "WeightDecayScheduleCallback",
     "cosine_schedule",
     "plot_training_curves",

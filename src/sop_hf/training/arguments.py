@@ -167,3 +167,12 @@ class SOPTrainingArguments(TrainingArguments):
             self.warmup_teacher_patch_temp = self.warmup_teacher_temp
         if self.clip_grad_per_param > 0 and self.max_grad_norm > 0:
             raise ValueError("Use one gradient clipping: --clip_grad_per_param 0 with --max_grad_norm, or vice versa")
+
+    # --- preemption (docs/distributed.md, "Preemption"); validated by SOPTrainer ---------------------------------
+    preemption_signals: str = field(
+        default="SIGTERM,SIGUSR1",
+        metadata={"help": "Signals that mean 'preempted' (comma-separated; empty turns it off): every process "
+                  "finishes its optimizer step, the run writes one complete checkpoint of that step and exits with "
+                  "status 75; the same command resumes from it. SLURM sends SIGTERM on preemption and SIGUSR1 with "
+                  "--signal=USR1@120; Kubernetes sends SIGTERM."},
+    )  # fmt: skip

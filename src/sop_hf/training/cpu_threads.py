@@ -3,8 +3,9 @@
 ``accelerate launch`` without ``--num_cpu_threads_per_process`` (and without ``--cpu``) sets ``OMP_NUM_THREADS=1``
 in the processes it starts, so a single-process CPU run used one core of the machine: 60 demo steps took 40.5 s
 on one thread against 29.0 s on two (2-core machine, medians of 3; docs/performance.md, "Threads of a CPU run").
-``SOPTrainer`` therefore gives each process of a CPU-only ``accelerate launch`` run at least its share of the cores
-it may use; ``--cpu_threads N`` chooses exactly, in any run. Runs on an accelerator are left as they are.
+``SOPTrainer`` therefore gives each process of a CPU-only ``accelerate launch`` run its share of the cores it may
+use (cores // processes on this machine, at least 1: 8 processes on 2 cores get 1 thread each); ``--cpu_threads N``
+chooses exactly, in any run. Runs on an accelerator are left as they are.
 """
 
 import logging
@@ -34,13 +35,21 @@ def launched_by_accelerate() -> bool:
 
 
 def cpu_thread_count(requested: int | None, current: int, cores: int, local_processes: int, auto: bool = True) -> int:
-    """Threads for one process: ``requested`` when given; else, when ``auto``, at least ``cores // local_processes``
-    (never fewer than ``current``: a larger count set on purpose is kept); else ``current``."""
+    """Threads for one process.
+
+    ``requested`` when given. Else, when ``auto`` (a process of ``accelerate launch``): with several processes on
+    this machine, exactly their share, ``cores // local_processes`` (at least 1; a count the launcher passed on, such
+    as ``OMP_NUM_THREADS=2`` for 8 processes on 2 cores, would oversubscribe the cores); with one process, at least
+    all the cores (a larger count set on purpose is kept). Else ``current``.
+    """
     if requested is not None:
         if requested < 1:
             raise ValueError(f"--cpu_threads must be >= 1, got {requested}")
         return requested
-    return max(current, cores // max(1, local_processes), 1) if auto else current
+    if not auto:
+        return current
+    share = max(1, cores // max(1, local_processes))
+    return share if local_processes > 1 else max(current, share)
 
 
 def set_cpu_threads(requested: int | None, device: torch.device, world_size: int) -> int | None:
