@@ -1,5 +1,6 @@
 """Threads of a CPU-only run: accelerate launch's one-thread default is raised to the process's share of the cores."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ def test_thread_count__share_of_the_cores_never_fewer_than_set():
     assert cpu_thread_count(None, current=1, cores=8, local_processes=1) == 8
     assert cpu_thread_count(None, current=1, cores=8, local_processes=2) == 4
     assert cpu_thread_count(None, current=1, cores=2, local_processes=4) == 1  # more processes than cores
+    assert cpu_thread_count(None, current=2, cores=2, local_processes=8) == 1  # OMP_NUM_THREADS=2 passed on: never 2
+    assert cpu_thread_count(None, current=6, cores=8, local_processes=2) == 4  # several processes: exactly the share
     assert cpu_thread_count(None, current=6, cores=4, local_processes=1) == 6  # a larger count set on purpose
     assert cpu_thread_count(None, current=1, cores=8, local_processes=1, auto=False) == 1  # plain python: kept
     assert cpu_thread_count(3, current=1, cores=8, local_processes=1) == 3  # --cpu_threads wins
@@ -68,7 +71,7 @@ def test_accelerate_launch__the_trainer_runs_on_every_core(tmp_path):
     )
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", str(probe)]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "HOME": str(tmp_path)}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("threads"))

@@ -22,8 +22,11 @@ LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
 
 
-def run(cmd, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+LAUNCH_8 = [*LAUNCH_2[:5], "8", *LAUNCH_2[6:]]
+
+
+def run(cmd, check=True, **env_overrides):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env_overrides}
     result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -76,6 +79,35 @@ def test_bad_image__replaced_and_counted_once_over_processes_and_epochs(view_run
     for record in (one, *ranks):
         assert record["image_stats"]["bad_images"] == 1
         assert len(record["bad_files"]) == 1 and record["bad_files"][0].endswith("broken.png)")
+
+
+@pytest.mark.slow
+def test_eight_processes__same_views_counts_summed_one_thread_each(tmp_path):
+    """8 gloo processes at batch 2 against 1 process at batch 16: the same views, and every count the logs and
+    results.json report (converted, replaced, bad files, non-finite steps) is the run's total on every rank; the
+    launcher passes OMP_NUM_THREADS=2 on, and each of the 8 processes on this machine runs on cores // 8 threads."""
+    from sop_hf.training.cpu_threads import usable_cores
+
+    data = write_folder(tmp_path / "data", 40, corrupt="broken.png")
+    for i in range(8):  # grayscale files: converted to RGB when read
+        Image.fromarray(np.full((16, 16), 20 * i, dtype=np.uint8), mode="L").save(data / "dark" / f"gray_{i}.png")
+    one, eight = tmp_path / "one", tmp_path / "eight"
+    run([sys.executable, VIEWS_SCRIPT, one, data, "--batch", 16, "--workers", 0])
+    run(LAUNCH_8 + [VIEWS_SCRIPT, eight, data, "--batch", 2, "--workers", 0], OMP_NUM_THREADS="2")
+    single = json.loads((one / "views_rank0.json").read_text())
+    ranks = [json.loads((eight / f"views_rank{r}.json").read_text()) for r in range(8)]
+    assert single["global_step"] == 6 and single["image_stats"]["images_seen"] == 96  # 49 // 16 x 2 epochs
+    assert single["image_stats"]["images_converted"] > 0 and single["image_stats"]["bad_images"] == 1
+    for epoch in ("0", "1"):
+        merged = {}
+        for record in ranks:
+            assert set(merged).isdisjoint(record["views"][epoch])
+            merged.update(record["views"][epoch])
+        assert merged == single["views"][epoch]
+    for record in ranks:
+        for key in ("image_stats", "bad_files", "nonfinite_steps_skipped", "logged", "global_step"):
+            assert record[key] == single[key], key  # sums over the 8 processes, not one process's share
+        assert record["threads"] == max(1, usable_cores() // 8)
 
 
 def test_short_last_batch__41_images_at_batch_4_two_epochs(tmp_path):

@@ -229,3 +229,56 @@ def test_two_processes__accelerate_launch_gloo_identical_banks(tmp_path):
     assert result["world_size"] == 2
     assert torch.equal(rank0["rows"], rank1["rows"]) and int(rank0["ptr"]) == int(rank1["ptr"]) == 3 * 2 * 2
     assert sorted(result["losses"]) == [1, 2, 3] and all(math.isfinite(v) for v in result["losses"].values())
+
+
+# --- the private Trainer methods still overridden (docs/training.md) -------------------------------------------
+
+
+def test_private_overrides__transformers_signatures_unchanged():
+    import inspect
+
+    from transformers import Trainer
+
+    from sop_hf.training import SOPTrainer
+    from sop_hf.training.trainer import PRIVATE_OVERRIDES
+
+    own_private = sorted(n for n in vars(SOPTrainer) if n.startswith("_") and not n.startswith("__")
+                         and hasattr(Trainer, n))  # fmt: skip
+    assert own_private == sorted(PRIVATE_OVERRIDES), "list every private Trainer override in PRIVATE_OVERRIDES"
+    for name, recorded in PRIVATE_OVERRIDES.items():
+        current = tuple(inspect.signature(getattr(Trainer, name)).parameters)
+        assert current == recorded, (
+            f"transformers changed Trainer.{name}{current} (SOPTrainer overrides it as {name}{recorded} for the "
+            "atomic checkpoint; docs/training.md): check what it now does and update SOPTrainer"
+        )
+    # the staging folder reaches Trainer's saving code through _get_output_dir: it must still be read there
+    assert "self._get_output_dir(" in inspect.getsource(Trainer._save_checkpoint)
+
+
+def test_non_fused_optimizer__bad_step_skipped_through_the_step_hook(tmp_path):
+    from tests.scripts.train_tiny import TINY, IndexSeededImages, InjectNaNGradient, collate
+    from sop_hf import SOPConfig, SOPForPreTraining
+    from sop_hf.training import SOPTrainer
+    from transformers import TrainerCallback
+
+    class Snapshot(TrainerCallback):
+        weights: dict[int, torch.Tensor] = {}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.weights[state.global_step] = model.sop.layers[0].mlp.fc1.weight.detach().clone()
+
+    torch.manual_seed(0)
+    model = SOPForPreTraining(SOPConfig(**TINY))
+    args = SOPTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, use_cpu=True,
+                                optim="adamw_torch", learning_rate=1e-2, warmup_steps=0, report_to=[],
+                                save_strategy="no", disable_tqdm=True, logging_steps=1)  # fmt: skip
+    snapshot = Snapshot()
+    trainer = SOPTrainer(model=model, args=args, train_dataset=IndexSeededImages(), data_collator=collate,
+                         callbacks=[InjectNaNGradient(model, 2), snapshot])  # fmt: skip
+    trainer.train()
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert not inner.defaults.get("fused")
+    assert not torch.equal(snapshot.weights[1], snapshot.weights[2])  # step 2 (finite) moved the weights
+    assert torch.equal(snapshot.weights[2], snapshot.weights[3])  # step 3 (NaN gradient) changed nothing
+    assert all(int(s["step"]) == 2 for s in inner.state.values())  # nor the optimizer state
+    assert trainer.nonfinite_steps_skipped == 1 and all(torch.isfinite(p).all() for p in model.parameters())

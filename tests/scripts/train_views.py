@@ -4,7 +4,8 @@
     accelerate launch --multi_gpu --num_processes 2 ... tests/scripts/train_views.py OUT_DIR DATA_DIR --batch 4
 
 Every rank writes OUT_DIR/views_rank<r>.json: {epoch: {sample index: digest of its two global views}}, plus the
-trainer's image counts and its global step, so tests can compare runs with other process and worker counts.
+trainer's image counts (as results.json gets them and as the last log row shows them), its skipped non-finite steps,
+its global step and its torch thread count, so tests can compare runs with other process and worker counts.
 """
 
 import argparse
@@ -12,6 +13,8 @@ import json
 import math
 import os
 import sys
+
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
@@ -56,8 +59,11 @@ def main():
     trainer = RecordingTrainer(model=SOPForPreTraining(SOPConfig(**TINY)), args=training_args, train_dataset=data,
                                data_collator=collate_multicrop)  # fmt: skip
     trainer.train()
+    logged = [row for row in trainer.state.log_history if "images_converted" in row]
     record = {"views": trainer.views, "image_stats": trainer.image_stats, "global_step": trainer.state.global_step,
-              "bad_files": [data.describe(i) for i in trainer.bad_samples]}  # fmt: skip
+              "bad_files": [data.describe(i) for i in trainer.bad_samples], "threads": torch.get_num_threads(),
+              "nonfinite_steps_skipped": trainer.nonfinite_steps_skipped,
+              "logged": {k: logged[-1][k] for k in ("images_converted", "images_replaced", "nonfinite_steps_skipped")}}  # fmt: skip
     with open(os.path.join(args.out_dir, f"views_rank{training_args.process_index}.json"), "w") as handle:
         json.dump(record, handle)
     trainer.accelerator.end_training()  # tear the process group down before the interpreter exits
