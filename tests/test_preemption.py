@@ -103,6 +103,22 @@ def test_signal__handling_off_installs_no_handler(tmp_path):
     assert seen == [before] and trainer.preemption.signals == ()
 
 
+def test_signal__after_the_last_step_is_passed_on_to_the_process_handler(tmp_path):
+    class SignalAtEnd(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    caught = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: caught.append(signum))
+    try:
+        trainer = tiny_trainer(tmp_path, 1, [SignalAtEnd()])
+        trainer.train()  # returns: every step was done and no checkpoint was asked for
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert caught == [signal.SIGUSR1] and trainer.preemption.stop_step is None
+    assert not (tmp_path / PREEMPTION_RECORD).exists()
+
+
 def test_parse_signals__names_and_errors():
     assert parse_signals("SIGTERM,SIGUSR1") == (signal.SIGTERM, signal.SIGUSR1)
     assert parse_signals(" usr1 , TERM,SIGUSR1") == (signal.SIGUSR1, signal.SIGTERM)

@@ -16,7 +16,8 @@ Clusters warn a job before they kill it: SLURM sends SIGTERM on preemption (and 
 Further signals while the checkpoint is written are counted and otherwise ignored (the save completes); a hard kill
 during the save leaves only a staging folder, which resume ignores and the next save removes. A signal that arrives
 before the first optimizer step of ``train`` lets that step finish and saves it. Before ``train`` starts (data
-loading, model building) the signal's default action applies: the process ends and nothing is written.
+loading, model building) and after its last step has been checked, the process's own handler applies (by default the
+process ends); the checkpoints already written stay complete.
 
 The flag costs one all-reduce of one integer per optimizer step on a gloo (CPU) group: no device sync on GPUs.
 """
@@ -107,9 +108,16 @@ class PreemptionCallback(TrainerCallback):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
+        """Restore the process's handlers. A signal that came after the last step's check (while the run was
+        ending) has not been acted on: it is raised again, so the process's own handler (by default: end the
+        process) still sees it."""
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+        pending = self.received if self._previous and self.stop_step is None else None
         self._previous = {}
+        if pending is not None:
+            logger.warning("%s arrived after the last optimizer step: passing it on", pending.name)
+            signal.raise_signal(pending)
 
     # --- the agreed stop -------------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
