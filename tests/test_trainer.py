@@ -262,7 +262,8 @@ def test_non_fused_optimizer__bad_step_skipped_through_the_step_hook(tmp_path):
     from transformers import TrainerCallback
 
     class Snapshot(TrainerCallback):
-        weights: dict[int, torch.Tensor] = {}
+        def __init__(self):
+            self.weights: dict[int, torch.Tensor] = {}
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             self.weights[state.global_step] = model.sop.layers[0].mlp.fc1.weight.detach().clone()

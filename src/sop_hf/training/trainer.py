@@ -260,6 +260,7 @@ class SOPTrainer(Trainer):
             params["persistent_workers"] = args.dataloader_persistent_workers
             params["prefetch_factor"] = args.dataloader_prefetch_factor
             params["multiprocessing_context"] = getattr(args, "dataloader_multiprocessing_context", None)
+            params["in_order"] = getattr(args, "dataloader_in_order", True)
         return self.accelerator.prepare(torch.utils.data.DataLoader(dataset, **params))
 
     def _set_data_epoch(self, epoch: int) -> None:
