@@ -3,6 +3,7 @@ bad images replaced and counted, short last batches, and the main job's end-of-r
 
 Runs (each a few seconds on CPU): tests/scripts/train_views.py with 1 process at batch 8 and no workers, and with
 2 gloo processes (``accelerate launch``) at batch 4 each and 2 workers; examples/pretrain_sop.py on image folders.
+Slow: 8 gloo processes at batch 2 against 1 process at batch 16 (views, summed counts, threads per process).
 """
 
 import json
