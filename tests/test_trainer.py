@@ -240,7 +240,7 @@ def test_private_overrides__transformers_signatures_unchanged():
     from transformers import Trainer
 
     from sop_hf.training import SOPTrainer
-    from sop_hf.training.trainer import PRIVATE_OVERRIDES
+    from sop_hf.training.trainer import PRIVATE_ATTRIBUTES, PRIVATE_OVERRIDES
 
     own_private = sorted(n for n in vars(SOPTrainer) if n.startswith("_") and not n.startswith("__")
                          and hasattr(Trainer, n))  # fmt: skip
@@ -253,6 +253,9 @@ def test_private_overrides__transformers_signatures_unchanged():
         )
     # the staging folder reaches Trainer's saving code through _get_output_dir: it must still be read there
     assert "self._get_output_dir(" in inspect.getsource(Trainer._save_checkpoint)
+    source = inspect.getsource(Trainer)
+    for name in PRIVATE_ATTRIBUTES:
+        assert f"self.{name}" in source, f"transformers no longer reads Trainer.{name}, which SOPTrainer sets"
 
 
 def test_non_fused_optimizer__bad_step_skipped_through_the_step_hook(tmp_path):

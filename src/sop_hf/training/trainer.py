@@ -78,6 +78,9 @@ LOGGED_TERMS = ("sop_loss", "mim_loss", "koleo_loss", "uniformity_loss", "teache
 # atomic checkpoint: Trainer has no public hook that says where a checkpoint is written before it is complete.
 # tests/test_trainer.py fails, naming the method, when transformers changes one of them (docs/training.md).
 PRIVATE_OVERRIDES = {"_save_checkpoint": ("self", "model", "trial"), "_get_output_dir": ("self", "trial")}
+# The private Trainer attribute SOPTrainer sets: create_scheduler marks its scheduler as Trainer's own, as
+# Trainer.create_scheduler does, so a second train() call builds it again for its own number of steps.
+PRIVATE_ATTRIBUTES = ("_created_lr_scheduler",)
 UNSUPPORTED_SHARDING = (
     "SOPTrainer supports one device and DDP (accelerate launch --multi_gpu, one or many nodes). FSDP and DeepSpeed "
     "are refused: the teacher EMA, the per-parameter gradient clipping and the encoder export need every process "
