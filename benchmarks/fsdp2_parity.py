@@ -10,6 +10,8 @@ Runs ``sop_hf.training.fsdp2`` with real ``fully_shard`` over gloo processes (st
 2. **Resume.** The FSDP2 run saves a sharded checkpoint (DCP) at ``--resume_at``; a fresh model with other random
    weights loads it and replays the remaining steps. Figure: ``resume_max_abs_diff``, the largest difference of
    any loss or any full parameter / bank value against the uninterrupted FSDP2 run (goal <= 1e-6).
+   The same checkpoint is then loaded by a different number of processes (1 for 2): DCP reshards the model and
+   optimizer; ``reshard_load_max_abs_diff`` compares the loaded full state with the saved one.
 3. **Export.** The teacher is gathered to rank 0 and written with ``save_pretrained``; ``AutoModel.from_pretrained``
    loads it (``export_loads_with_automodel``) and its weights match the gathered ones (``export_max_abs_diff``).
 4. **Memory.** A ViT-B/16-sized student (width 768, 12 blocks, heads 2048 -> 256; 32-px images, one step) under
@@ -150,6 +152,9 @@ def parity_worker(rank: int, world: int, port: int, steps: int, resume_at: int, 
         if step == resume_at:
             extra = {"step": step, "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
             save_sharded_checkpoint(work_dir, step, model, optimizer, extra)
+            full = gather_full_state(model)
+            if rank == 0:
+                torch.save(full, os.path.join(work_dir, "full_at_save.pt"))
 
     fsdp_losses = train_steps(model, model, optimizer, scheduler, config, range(steps), steps, True, save)
     full_a = gather_full_state(model)
@@ -185,6 +190,26 @@ def parity_worker(rank: int, world: int, port: int, steps: int, resume_at: int, 
             export_files=sorted(os.listdir(export_dir)),
         )
         with open(os.path.join(work_dir, "parity.json"), "w") as handle:
+            json.dump(result, handle)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def reshard_worker(rank: int, world: int, port: int, resume_at: int, work_dir: str) -> None:
+    """Load the checkpoint written by another number of processes (DCP reshards) and compare the full state."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    _init(rank, world, port)
+    model = shard_student_teacher(build_model(SOPConfig(**TINY), seed=1), init_device_mesh("cpu", (world,)))
+    optimizer, _ = build_optimizer(model)
+    load_sharded_checkpoint(os.path.join(work_dir, f"checkpoint-{resume_at}"), model, optimizer)
+    full = gather_full_state(model)
+    moments = sum(1 for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.ndim)
+    if rank == 0:
+        saved = torch.load(os.path.join(work_dir, "full_at_save.pt"))
+        result = {"reshard_world_size": world, "reshard_load_max_abs_diff": _max_diff(saved, full),
+                  "reshard_optimizer_moments_loaded": moments}  # fmt: skip
+        with open(os.path.join(work_dir, "reshard.json"), "w") as handle:
             json.dump(result, handle)
     dist.barrier()
     dist.destroy_process_group()
@@ -260,7 +285,12 @@ def run_parity(steps: int = 8, resume_at: int = 4, world: int = 2, work_dir: str
     work_dir = work_dir or tempfile.mkdtemp(prefix="fsdp2_parity_")
     mp.spawn(parity_worker, args=(world, _free_port(), steps, resume_at, work_dir), nprocs=world, join=True)
     with open(os.path.join(work_dir, "parity.json")) as handle:
-        return json.load(handle)
+        result = json.load(handle)
+    reshard_world = 1 if world > 1 else 2  # resume on another number of processes
+    mp.spawn(reshard_worker, args=(reshard_world, _free_port(), resume_at, work_dir), nprocs=reshard_world, join=True)
+    with open(os.path.join(work_dir, "reshard.json")) as handle:
+        result.update(json.load(handle))
+    return result
 
 
 def run_memory(world: int = 2, work_dir: str | None = None) -> dict:

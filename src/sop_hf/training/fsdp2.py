@@ -227,11 +227,25 @@ def save_sharded_checkpoint(run_dir: str, step: int, model, optimizer=None, extr
     return final
 
 
+def sharded_state_problems(path: str) -> list[str]:
+    """What the DCP folder of checkpoint ``path`` lacks: its metadata, or a storage file the metadata names."""
+    folder = os.path.join(path, SHARDED_DIR)
+    if not os.path.exists(os.path.join(folder, ".metadata")):
+        return [f"{SHARDED_DIR}/.metadata (sharded model and optimizer state)"]
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(folder).read_metadata().storage_data
+    except Exception as error:  # noqa: BLE001 - a truncated metadata file
+        return [f"{SHARDED_DIR}/.metadata is unreadable ({type(error).__name__}: {error})"]
+    wanted = sorted({getattr(info, "relative_path", None) for info in storage.values()} - {None})
+    return [f"{SHARDED_DIR}/{name} (a shard)" for name in wanted if not os.path.exists(os.path.join(folder, name))]
+
+
 def sharded_checkpoint_problems(path: str) -> list[str]:
-    """What a sharded checkpoint lacks (empty when complete): the DCP metadata, and every file the marker lists."""
-    problems = []
-    if not os.path.exists(os.path.join(path, SHARDED_DIR, ".metadata")):
-        problems.append(f"{SHARDED_DIR}/.metadata (sharded model and optimizer state)")
+    """What a sharded checkpoint lacks (empty when complete): DCP metadata and shards, and every file the marker
+    lists, at the size it was written."""
+    problems = sharded_state_problems(path)
     marker = os.path.join(path, COMPLETE_MARKER)
     if not os.path.exists(marker):
         return problems + [f"{COMPLETE_MARKER} (the save did not finish)"]
@@ -416,5 +430,6 @@ __all__ = [
     "save_sharded_checkpoint",
     "shard_student_teacher",
     "sharded_checkpoint_problems",
+    "sharded_state_problems",
     "update_teacher_sharded",
 ]

@@ -20,8 +20,9 @@ What it guards (docs/distributed.md):
   ``OUTPUT_DIR/.staging`` and renamed into place when complete, so ``checkpoint-N`` is always whole and rotation
   never removes the newest good one; resume takes the newest complete checkpoint and refuses one that lacks its
   optimizer, scheduler, RNG or memory-bank state, saying what is missing.
-- **Strategies.** Single device and DDP (multi-GPU, multi-node) are supported; FSDP and DeepSpeed are refused at
-  start (the teacher EMA, the per-parameter clipping and the encoder export need full, unsharded parameters).
+- **Strategies.** Single device and DDP (multi-GPU, multi-node) are supported, and FSDP version 2 on accelerators
+  (``training.fsdp2``: sharded pair, EMA on shards, full-norm clipping, DCP checkpoints, full-state export); FSDP on
+  CPU, FSDP version 1 and DeepSpeed are refused at start, saying why.
 
 Gradient accumulation: every micro-batch runs its own forward, so every micro-batch enqueues its own keys and draws
 its own anchors; with ``gradient_accumulation_steps=a`` the bank spans ``K / (a * global micro-batch)`` optimizer
@@ -61,10 +62,12 @@ STAGING_DIR = ".staging"
 COMPLETE_MARKER = "checkpoint_complete.json"
 BANK_STATE_KEYS = ("step_count",)  # plus every "<bank>.rows" / "<bank>.ptr" of the model
 UNSUPPORTED_SHARDING = (
-    "SOPTrainer supports one device and DDP (accelerate launch --multi_gpu, one or many nodes). FSDP and DeepSpeed "
-    "are refused: the teacher EMA, the per-parameter gradient clipping and the encoder export need every process "
-    "to hold full, unsharded parameters and gradients. Use DDP (with bf16 and gradient checkpointing for large "
-    "ViTs)."
+    "SOPTrainer supports one device and DDP (accelerate launch --multi_gpu, one or many nodes), and FSDP version 2 "
+    "on GPUs (accelerate launch --use_fsdp --fsdp_version 2). On CPU, FSDP and DeepSpeed are refused: accelerate "
+    "enables FSDP only on accelerators, so with --use_fsdp on CPU every process would train alone on its own full "
+    "copy. FSDP version 1 and DeepSpeed are refused everywhere: the teacher EMA, the per-parameter clipping, the "
+    "checkpoints and the encoder export are written for FSDP2's per-parameter shards (sop_hf.training.fsdp2), not "
+    "for FSDP1's flat parameters or DeepSpeed's ZeRO partitions. Use DDP, or FSDP version 2 on GPUs."
 )
 
 
@@ -96,16 +99,15 @@ class SOPTrainer(Trainer):
     def __init__(self, model=None, args: SOPTrainingArguments | None = None, **kwargs):
         if args is None or not isinstance(args, SOPTrainingArguments):
             raise ValueError("SOPTrainer needs SOPTrainingArguments (they carry the EMA and temperature schedules)")
-        if _sharding_requested(args):
+        if _sharding_requested(args) and not _fsdp2_on_accelerator_requested(args):
             raise ValueError(UNSUPPORTED_SHARDING)
         train_dataset = kwargs.get("train_dataset")
         _check_dataset_size(train_dataset, args)
         super().__init__(model=model, args=args, **kwargs)
         set_cpu_threads(args.cpu_threads, args.device, args.world_size)
-        if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
-            raise ValueError(UNSUPPORTED_SHARDING)
-        for callback in (_TrainerHooks(self), PerParameterClipCallback(), WeightDecayScheduleCallback(),
-                         TeacherEMACallback()):  # fmt: skip
+        self.sharding = _fsdp2_strategy(self)  # None for one device and DDP; FSDP2: shards the model here
+        clip_and_ema = self.sharding.callbacks() if self.sharding else [PerParameterClipCallback(), TeacherEMACallback()]
+        for callback in (_TrainerHooks(self), WeightDecayScheduleCallback(), *clip_and_ema):
             self.add_callback(callback)
         # Every rank draws the same anchors without communication: seed them with the run's seed.
         self.model.anchor_seed = args.seed
@@ -279,7 +281,9 @@ class SOPTrainer(Trainer):
             bad = bad | ~torch.isfinite(self._grad_norm.to(device))
         else:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            if grads:
+            if self.sharding is not None:  # local shards, one all-reduce: every rank takes the same decision
+                bad = bad | self.sharding.any_nonfinite(grads).to(device)
+            elif grads:
                 bad = bad | ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).to(device)).all()
         self._loss_bad, self._grad_norm = None, None
         counters = self._step_counters
@@ -317,8 +321,11 @@ class SOPTrainer(Trainer):
     # --- checkpoints: finite, atomic, strictly resumable ---------------------------------------------------------
     def _check_finite_state(self) -> None:
         model = self.accelerator.unwrap_model(self.model)
-        bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-        if self.optimizer is not None:
+        if self.sharding is not None:
+            bad = self.sharding.nonfinite_state(model, self.optimizer)
+        else:
+            bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if self.optimizer is not None and self.sharding is None:
             for group in self.optimizer.state_dict().get("state", {}).values():
                 bad += [f"optimizer state {k}" for k, t in group.items()
                         if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()]  # fmt: skip
@@ -358,6 +365,23 @@ class SOPTrainer(Trainer):
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
         self.accelerator.wait_for_everyone()
 
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.sharding is None:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        self.sharding.save_state(output_dir, self.model, self.optimizer)  # DCP: model (banks too) and optimizer
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.sharding is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.sharding.load_state(resume_from_checkpoint, self.model, self.optimizer)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if self.sharding is None or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
+
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint of
         ``output_dir``, and any checkpoint must hold its optimizer, scheduler, RNG and memory-bank state."""
@@ -367,8 +391,11 @@ class SOPTrainer(Trainer):
                 raise ValueError(f"resume requested but {self.args.output_dir} holds no complete checkpoint")
         if resume_from_checkpoint:
             verify_checkpoint(resume_from_checkpoint, self.accelerator.unwrap_model(self.model))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)  # fmt: skip
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)  # fmt: skip
+        if self.sharding is not None:  # rank 0 keeps the full encoders for export_encoder (collective)
+            self.sharding.refresh_export(self.model)
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for callback in self.callback_handler.callbacks:  # e.g. TrainingMonitorCallback's k-NN / collapse metrics
@@ -402,6 +429,33 @@ def _sharding_requested(args) -> bool:
         or env.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
         or env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
     )  # fmt: skip
+
+
+def _fsdp2_on_accelerator_requested(args) -> bool:
+    """``accelerate launch --use_fsdp --fsdp_version 2`` (or ``--fsdp`` with version 2) on a GPU, without DeepSpeed."""
+    env = os.environ
+    version = str(env.get("FSDP_VERSION") or (getattr(args, "fsdp_config", None) or {}).get("version", 1))
+    deepspeed = getattr(args, "deepspeed", None) or env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    return version == "2" and not deepspeed and args.device.type != "cpu"
+
+
+def _fsdp2_strategy(trainer):
+    """The trainer's ``Fsdp2Strategy`` (model sharded now, before the optimizer) under accelerate's FSDP2 on an
+    accelerator; None without sharding; ``UNSUPPORTED_SHARDING`` for anything else."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        raise ValueError(UNSUPPORTED_SHARDING)
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return None
+    if getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2 or trainer.args.device.type == "cpu":
+        raise ValueError(UNSUPPORTED_SHARDING)
+    if any(hasattr(c, "pop_logs") for c in trainer.callback_handler.callbacks):
+        raise ValueError("the training monitor runs k-NN on the main process only, which FSDP2's sharded encoders "
+                         "cannot do alone: pass --monitor_steps 0 under FSDP2")  # fmt: skip
+    from .fsdp2 import Fsdp2Strategy
+
+    strategy = Fsdp2Strategy.from_accelerator(trainer.accelerator)
+    trainer.model = trainer.model_wrapped = strategy.shard(trainer.model)
+    return strategy
 
 
 def _check_dataset_size(dataset, args) -> None:
@@ -451,13 +505,18 @@ def checkpoint_problems(path: str, model=None) -> list[str]:
     if not os.path.isdir(path):
         return [f"{path} is not a folder"]
     files = set(os.listdir(path))
+    from .fsdp2 import SHARDED_DIR, sharded_state_problems
+
+    sharded = SHARDED_DIR in files  # FSDP2: model, banks and optimizer as DCP shards
     for name, what in (("trainer_state.json", "trainer"), ("optimizer.pt", "optimizer"), ("scheduler.pt", "scheduler")):
-        if name not in files:
+        if name not in files and not (sharded and name == "optimizer.pt"):
             problems.append(f"{name} ({what} state)")
     if not any(re.fullmatch(r"rng_state(_\d+)?\.pth", f) for f in files):
         problems.append("rng_state*.pth (RNG state)")
     weights = os.path.join(path, "model.safetensors")
-    if not os.path.exists(weights):
+    if sharded:
+        problems += sharded_state_problems(path)
+    elif not os.path.exists(weights):
         problems.append("model.safetensors (weights and memory banks)")
     else:
         try:
