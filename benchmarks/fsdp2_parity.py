@@ -280,12 +280,16 @@ def memory_worker(rank: int, world: int, port: int, strategy: str, work_dir: str
     dist.destroy_process_group()
 
 
-def run_parity(steps: int = 8, resume_at: int = 4, world: int = 2, work_dir: str | None = None) -> dict:
-    """Parity, resume and export over ``world`` gloo processes; returns rank 0's figures."""
+def run_parity(steps: int = 8, resume_at: int = 4, world: int = 2, work_dir: str | None = None,
+               reshard: bool = True) -> dict:
+    """Parity, resume and export over ``world`` gloo processes (then, with ``reshard``, the checkpoint loaded by
+    another number of processes); returns rank 0's figures."""
     work_dir = work_dir or tempfile.mkdtemp(prefix="fsdp2_parity_")
     mp.spawn(parity_worker, args=(world, _free_port(), steps, resume_at, work_dir), nprocs=world, join=True)
     with open(os.path.join(work_dir, "parity.json")) as handle:
         result = json.load(handle)
+    if not reshard:
+        return result
     reshard_world = 1 if world > 1 else 2  # resume on another number of processes
     mp.spawn(reshard_worker, args=(reshard_world, _free_port(), resume_at, work_dir), nprocs=reshard_world, join=True)
     with open(os.path.join(work_dir, "reshard.json")) as handle:
