@@ -194,7 +194,8 @@ def _fsdp2_launch(output_dir: str, cpu: bool) -> subprocess.CompletedProcess:
     """The main job (demo recipe, embedded data) under accelerate's FSDP2 on one process: 6 steps, a save every 2."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes",
            "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "examples/pretrain_sop.py",
-           "--output_dir", output_dir, "--max_steps", "6", "--save_steps", "2", "--logging_steps", "1",
+           "--output_dir", output_dir, "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "5",
+           "--logging_steps", "1",
            "--monitor_steps", "0", "--knn_eval", "false", "--report_to", "none", "--disable_tqdm", "true",
            "--seed", "0"] + (["--use_cpu", "true"] if cpu else [])  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -210,8 +211,10 @@ def section_fsdp2(dry: bool, device: str) -> list[tuple]:
 
     r = fsdp2_parity.run_parity(steps=2 if dry else 8, resume_at=1 if dry else 4, world=2, reshard=not dry)
     ok = r["max_abs_loss_diff_vs_ddp"] <= 1e-3 and r["resume_max_abs_diff"] <= 1e-6 and r["export_loads_with_automodel"]
-    rows = [(f"FSDP2 CPU harness ({r['steps']} steps, 2 gloo processes): max abs loss diff vs DDP / resume diff / export loads",
-             f"{r['max_abs_loss_diff_vs_ddp']:.1e} / {r['resume_max_abs_diff']:.1e} / {r['export_loads_with_automodel']}",
+    figures = (f"{r['max_abs_loss_diff_vs_ddp']:.1e} / {r['resume_max_abs_diff']:.1e} / "
+               f"{r['export_loads_with_automodel']}")
+    rows = [(f"FSDP2 CPU harness ({r['steps']} steps, 2 gloo processes): max abs loss diff vs DDP / resume diff / "
+             "export loads", figures,
              "<= 1e-3 / <= 1e-6 / True", "ok" if ok else "MISS")]  # fmt: skip
     root = tempfile.mkdtemp(prefix="gpu_check_fsdp2_")
     straight, resumed = os.path.join(root, "straight"), os.path.join(root, "resumed")
@@ -228,7 +231,8 @@ def section_fsdp2(dry: bool, device: str) -> list[tuple]:
     shutil.copytree(os.path.join(straight, "checkpoint-4"), os.path.join(resumed, "checkpoint-4"))
     out = _fsdp2_launch(resumed, cpu=False)
     if out.returncode != 0:
-        return rows + [("FSDP2 resume from checkpoint-4", f"rc {out.returncode}: {out.stderr.strip()[-160:]}", "", "FAIL")]
+        return rows + [("FSDP2 resume from checkpoint-4", f"rc {out.returncode}: {out.stderr.strip()[-160:]}", "",
+                        "FAIL")]  # fmt: skip
     from safetensors.torch import load_file
     from transformers import AutoModel
 
@@ -237,8 +241,11 @@ def section_fsdp2(dry: bool, device: str) -> list[tuple]:
     sharded = os.path.isdir(os.path.join(straight, "checkpoint-4", "sharded_state"))
     a, b = (load_file(os.path.join(d, "encoder", "model.safetensors")) for d in (straight, resumed))
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    losses = [[row["loss"] for row in json.load(open(os.path.join(d, "checkpoint-6", "trainer_state.json")))["log_history"]
-               if "loss" in row and row.get("step", 0) > 4] for d in (straight, resumed)]  # fmt: skip
+    losses = []  # steps 5 and 6 of each run
+    for folder in (straight, resumed):
+        with open(os.path.join(folder, "checkpoint-6", "trainer_state.json")) as handle:
+            history = json.load(handle)["log_history"]
+        losses.append([row["loss"] for row in history if "loss" in row and row.get("step", 0) > 4])
     encoder = AutoModel.from_pretrained(os.path.join(resumed, "encoder"))
     rows += [
         ("FSDP2 main job, 1 GPU: sharded checkpoint (DCP) written", "yes" if sharded else "no", "yes",

@@ -238,8 +238,19 @@ def sharded_state_problems(path: str) -> list[str]:
         storage = FileSystemReader(folder).read_metadata().storage_data
     except Exception as error:  # noqa: BLE001 - a truncated metadata file
         return [f"{SHARDED_DIR}/.metadata is unreadable ({type(error).__name__}: {error})"]
-    wanted = sorted({getattr(info, "relative_path", None) for info in storage.values()} - {None})
-    return [f"{SHARDED_DIR}/{name} (a shard)" for name in wanted if not os.path.exists(os.path.join(folder, name))]
+    ends: dict[str, int] = {}  # shard file -> the end of its last item: a shorter file was cut short
+    for info in storage.values():
+        name = getattr(info, "relative_path", None)
+        if name is not None:
+            ends[name] = max(ends.get(name, 0), int(getattr(info, "offset", 0)) + int(getattr(info, "length", 0)))
+    problems = []
+    for name, end in sorted(ends.items()):
+        file = os.path.join(folder, name)
+        if not os.path.exists(file):
+            problems.append(f"{SHARDED_DIR}/{name} (a shard)")
+        elif os.path.getsize(file) < end:
+            problems.append(f"{SHARDED_DIR}/{name} (cut short: {os.path.getsize(file)} of {end} bytes)")
+    return problems
 
 
 def sharded_checkpoint_problems(path: str) -> list[str]:
@@ -339,7 +350,8 @@ class Fsdp2Strategy:
 
         plugin = accelerator.state.fsdp_plugin
         mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
-        return cls(mesh, getattr(plugin, "mixed_precision_policy", None), getattr(plugin, "reshard_after_forward", True))
+        policy = getattr(plugin, "mixed_precision_policy", None)
+        return cls(mesh, policy, getattr(plugin, "reshard_after_forward", True))
 
     def shard(self, model):
         """Shard before the optimizer is built: accelerate's prepare leaves an ``FSDPModule`` as it is."""

@@ -106,7 +106,8 @@ class SOPTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         set_cpu_threads(args.cpu_threads, args.device, args.world_size)
         self.sharding = _fsdp2_strategy(self)  # None for one device and DDP; FSDP2: shards the model here
-        clip_and_ema = self.sharding.callbacks() if self.sharding else [PerParameterClipCallback(), TeacherEMACallback()]
+        clip_and_ema = [PerParameterClipCallback(), TeacherEMACallback()] if self.sharding is None else \
+            self.sharding.callbacks()  # fmt: skip
         for callback in (_TrainerHooks(self), WeightDecayScheduleCallback(), *clip_and_ema):
             self.add_callback(callback)
         # Every rank draws the same anchors without communication: seed them with the run's seed.
@@ -268,6 +269,8 @@ class SOPTrainer(Trainer):
     # --- non-finite steps: skipped without a host sync, stopped after max_nonfinite_steps in a row ---------------
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self.sharding is not None and hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
         self._grad_norm = grad_norm if isinstance(grad_norm, torch.Tensor) else torch.tensor(float(grad_norm))
         return grad_norm
 
@@ -536,6 +539,8 @@ def checkpoint_problems(path: str, model=None) -> list[str]:
             with open(marker) as handle:
                 record = json.load(handle)
             for name, size in record.get("files", {}).items():
+                if sharded and os.path.isdir(os.path.join(path, name)):
+                    continue  # the DCP folder: its shards are checked against its metadata above
                 if not os.path.exists(os.path.join(path, name)) or os.path.getsize(os.path.join(path, name)) != size:
                     problems.append(f"{name} (missing or of another size than written)")
         except (OSError, ValueError) as error:
