@@ -47,7 +47,7 @@ SECTIONS = [
     ("mfu", 40, 60),
     ("fmnist", 150, 90),
     ("mfu_compile", None, 60),
-    ("fsdp2", 150, 120),
+    ("fsdp2", 150, 90),
 ]
 GOALS = {
     "sop_loss_speedup_vs_dense": (">=", 5.0),
@@ -190,21 +190,21 @@ def section_fmnist(dry: bool, device: str, data_dir: str | None = None) -> list[
     ]
 
 
-def _fsdp2_launch(output_dir: str, cpu: bool) -> subprocess.CompletedProcess:
+def _fsdp2_launch(output_dir: str) -> subprocess.CompletedProcess:
     """The main job (demo recipe, embedded data) under accelerate's FSDP2 on one process: 6 steps, a save every 2."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes",
            "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "examples/pretrain_sop.py",
            "--output_dir", output_dir, "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "5",
            "--logging_steps", "1",
            "--monitor_steps", "0", "--knn_eval", "false", "--report_to", "none", "--disable_tqdm", "true",
-           "--seed", "0"] + (["--use_cpu", "true"] if cpu else [])  # fmt: skip
+           "--seed", "0"]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
 
 
 def section_fsdp2(dry: bool, device: str) -> list[tuple]:
     """FSDP2: the CPU harness (real fully_shard over gloo vs DDP, resume, export) everywhere; on the GPU, the main
     job under accelerate's FSDP2 run straight, then resumed from a copy of its sharded checkpoint-4, and the export
-    loaded with AutoModel; in the dry run, the refusal of --use_fsdp on CPU."""
+    loaded with AutoModel."""
     import shutil
 
     import fsdp2_parity
@@ -218,18 +218,14 @@ def section_fsdp2(dry: bool, device: str) -> list[tuple]:
              "<= 1e-3 / <= 1e-6 / True", "ok" if ok else "MISS")]  # fmt: skip
     root = tempfile.mkdtemp(prefix="gpu_check_fsdp2_")
     straight, resumed = os.path.join(root, "straight"), os.path.join(root, "resumed")
-    if dry:  # accelerate enables FSDP only on accelerators: the trainer must refuse, saying why
-        out = _fsdp2_launch(straight, cpu=True)
-        refused = out.returncode != 0 and "accelerate enables FSDP only on accelerators" in out.stderr
-        rows.append(("FSDP2 main job on CPU: refused, saying why", "refused" if refused else out.stderr[-160:],
-                     "refused", "ok" if refused else "FAIL"))  # fmt: skip
-        return rows
-    out = _fsdp2_launch(straight, cpu=False)
+    if dry:  # accelerate enables FSDP only on accelerators (the CPU refusal is a test of tests/test_fsdp2.py)
+        return rows + [("FSDP2 main job (accelerate launch --use_fsdp --fsdp_version 2)", "GPU only", "", "-")]
+    out = _fsdp2_launch(straight)
     if out.returncode != 0:
         return rows + [("FSDP2 main job, 6 steps", f"rc {out.returncode}: {out.stderr.strip()[-160:]}", "", "FAIL")]
     os.makedirs(resumed)
     shutil.copytree(os.path.join(straight, "checkpoint-4"), os.path.join(resumed, "checkpoint-4"))
-    out = _fsdp2_launch(resumed, cpu=False)
+    out = _fsdp2_launch(resumed)
     if out.returncode != 0:
         return rows + [("FSDP2 resume from checkpoint-4", f"rc {out.returncode}: {out.stderr.strip()[-160:]}", "",
                         "FAIL")]  # fmt: skip
