@@ -144,3 +144,36 @@ def test_harness_cli__refuses_a_resume_step_outside_the_run():
     with pytest.raises(ValueError, match=r"--resume_at must be in \(0, --steps=4\), got 4"):
         fsdp2_parity.main(["--steps", "4", "--resume_at", "4"])
     assert os.path.exists(REPO / "benchmarks" / "fsdp2_parity.py")
+
+
+@pytest.mark.slow
+def test_trainer_fsdp2_path__emulated_on_cpu_matches_ddp_and_resumes_exactly(tmp_path):
+    """SOPTrainer under accelerate's FSDP2 state on 2 gloo processes (tests/scripts/train_fsdp2_cpu.py lifts only
+    the CPU guard): accelerate's prepare of the pre-sharded model, DCP checkpoints through the Trainer, the export."""
+    import shutil
+    import subprocess
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "tests/scripts/train_fsdp2_cpu.py"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(out, *flags):
+        result = subprocess.run(launch + [str(out), "--max_steps", "4", "--save_steps", "2", *flags], cwd=REPO,
+                                capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-4000:]
+        return torch.load(out / "result.pt")
+
+    straight = run(tmp_path / "fsdp2")
+    ddp = run(tmp_path / "ddp", "--ddp")
+    assert straight["sharded"] and not ddp["sharded"]
+    checkpoint = tmp_path / "fsdp2" / "checkpoint-2"
+    assert (checkpoint / SHARDED_DIR / ".metadata").exists() and not (checkpoint / "optimizer.pt").exists()
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoint-2")
+    resumed = run(tmp_path / "resumed", "--resume", "last")
+    assert list(straight["losses"]) == [1, 2, 3, 4]
+    for step, loss in straight["losses"].items():
+        assert loss == pytest.approx(ddp["losses"][step], abs=1e-5) and loss == resumed["losses"][step]
+    for key, value in straight["teacher"].items():
+        assert torch.allclose(value, ddp["teacher"][key], atol=1e-5) and torch.equal(value, resumed["teacher"][key])

@@ -135,21 +135,31 @@ def clip_grad_per_param_(parameters, max_norm: float, eps: float = 1e-6) -> list
     """
     if max_norm <= 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    # Every rank walks the same parameter list (a rank whose shard of a parameter is empty may hold no gradient for
+    # it), so the all-reduced vector lines up; a missing gradient counts as zero.
+    params = [p for p in parameters if p.requires_grad]
+    if not params or all(p.grad is None for p in params) and not any(_is_sharded(p) for p in params):
         return []
-    squares = torch.stack([_local(g).float().pow(2).sum() for g in grads])  # [n] local squared sums
-    sharded = [isinstance(g, DTensor) and any(not pl.is_replicate() for pl in g.placements) for g in grads]
+    device = _local(params[0]).device
+    zero = torch.zeros((), device=device)
+    squares = torch.stack([_local(p.grad).float().pow(2).sum() if p.grad is not None else zero for p in params])
+    sharded = [_is_sharded(p) for p in params]
     if any(sharded):
-        mesh = next(g.device_mesh for g, s in zip(grads, sharded) if s)
+        mesh = next(p.device_mesh for p, s in zip(params, sharded) if s)
         summed = squares.clone()
         dist.all_reduce(summed, group=mesh.get_group())
-        mask = torch.tensor(sharded, device=squares.device)
-        squares = torch.where(mask, summed, squares)
-    norms = squares.sqrt()  # [n]
+        squares = torch.where(torch.tensor(sharded, device=device), summed, squares)
+    norms = squares.sqrt()  # [n] full norms
     factors = (max_norm / (norms + eps)).clamp(max=1.0)
-    torch._foreach_mul_([_local(g) for g in grads], list(factors.to(_local(grads[0]).dtype).unbind()))
-    return list(norms.unbind())
+    with_grad = [i for i, p in enumerate(params) if p.grad is not None]
+    if with_grad:
+        grads = [_local(params[i].grad) for i in with_grad]
+        torch._foreach_mul_(grads, [factors[i].to(grads[0].dtype) for i in with_grad])
+    return [norms[i] for i in with_grad]
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    return isinstance(tensor, DTensor) and any(not placement.is_replicate() for placement in tensor.placements)
 
 
 # --- 4. sharded checkpoints ---------------------------------------------------------------------------------------
@@ -394,23 +404,20 @@ class Fsdp2Strategy:
         return bad > 0
 
     def nonfinite_state(self, model, optimizer) -> list[str]:
-        """Names of model / optimizer tensors with a non-finite value on any rank (before a save; host sync)."""
-        names, flags = [], []
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                names.append(name)
-                flags.append((~torch.isfinite(_local(tensor))).any())
+        """Names of model / optimizer tensors with a non-finite value on any rank (before a save; one host sync and
+        one gather of names: ranks may hold different optimizer states, e.g. none for a parameter whose shard is
+        empty there)."""
+        named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
         if optimizer is not None:
-            for index, group in optimizer.state.items() if isinstance(optimizer.state, dict) else ():
-                for key, tensor in group.items():
-                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                        names.append(f"optimizer state {key}")
-                        flags.append((~torch.isfinite(_local(tensor))).any())
-        if not flags:
-            return []
-        bad = torch.stack(flags).float()
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        return [n for n, b in zip(names, bad.tolist()) if b > 0]
+            named += [(f"optimizer state {k}", t) for state in optimizer.state.values() for k, t in state.items()
+                      if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
+        local = []
+        if named:
+            flags = torch.stack([(~torch.isfinite(_local(t))).any() for _, t in named]).tolist()
+            local = [name for (name, _), bad in zip(named, flags) if bad]
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        return list(dict.fromkeys(name for names in gathered for name in names))
 
     def save_state(self, output_dir: str, model, optimizer) -> None:
         """Model (banks included) and optimizer as DCP shards into ``output_dir/sharded_state``; and, on rank 0,

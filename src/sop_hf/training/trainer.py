@@ -439,7 +439,11 @@ def _fsdp2_on_accelerator_requested(args) -> bool:
     env = os.environ
     version = str(env.get("FSDP_VERSION") or (getattr(args, "fsdp_config", None) or {}).get("version", 1))
     deepspeed = getattr(args, "deepspeed", None) or env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
-    return version == "2" and not deepspeed and args.device.type != "cpu"
+    return version == "2" and not deepspeed and _on_accelerator(args)
+
+
+def _on_accelerator(args) -> bool:
+    return args.device.type != "cpu"
 
 
 def _fsdp2_strategy(trainer):
@@ -449,7 +453,7 @@ def _fsdp2_strategy(trainer):
         raise ValueError(UNSUPPORTED_SHARDING)
     if not getattr(trainer, "is_fsdp_enabled", False):
         return None
-    if getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2 or trainer.args.device.type == "cpu":
+    if getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2 or not _on_accelerator(trainer.args):
         raise ValueError(UNSUPPORTED_SHARDING)
     if any(hasattr(c, "pop_logs") for c in trainer.callback_handler.callbacks):
         raise ValueError("the training monitor runs k-NN on the main process only, which FSDP2's sharded encoders "
