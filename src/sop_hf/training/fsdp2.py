@@ -129,7 +129,8 @@ def clip_grad_per_param_(parameters, max_norm: float, eps: float = 1e-6) -> list
     for all parameters (no full gradient is gathered). Returns the full norms (before clipping), a list of scalars.
 
     Args:
-        parameters: Parameters (plain or ``DTensor``); those without a gradient are skipped.
+        parameters: The model's parameters (plain or ``DTensor``), the same list on every process; frozen ones are
+            skipped, and a trainable one without a gradient here (its shard is empty on this process) counts as 0.
         max_norm: Per-parameter bound (``--clip_grad_per_param``, 3.0 in DINO/SOP); must be > 0.
         eps: Added to the norm before dividing (1e-6 as DINO).
     """
@@ -154,7 +155,7 @@ def clip_grad_per_param_(parameters, max_norm: float, eps: float = 1e-6) -> list
     with_grad = [i for i, p in enumerate(params) if p.grad is not None]
     if with_grad:
         grads = [_local(params[i].grad) for i in with_grad]
-        torch._foreach_mul_(grads, [factors[i].to(grads[0].dtype) for i in with_grad])
+        torch._foreach_mul_(grads, [factors[i].to(g.dtype) for i, g in zip(with_grad, grads)])
     return [norms[i] for i in with_grad]
 
 
