@@ -14,7 +14,10 @@ Sections (the order is the priority: later ones get what time is left):
   4. feature extraction vs transformers ViTModel (same weights, SDPA), fp32 and bf16;
   5. ViT-B/16 pretraining step MFU in bf16 (FLOPs counted), eager;
   6. a time-boxed tiny-ViT Fashion-MNIST pretraining: k-NN top-1 vs random init;
-  7. the MFU of (5) with both encoders under torch.compile (the full forward's compile is a test in 1).
+  7. the MFU of (5) with both encoders under torch.compile (the full forward's compile is a test in 1);
+  8. FSDP2: the main job under ``accelerate launch --use_fsdp --fsdp_version 2`` on one GPU (6 steps, a resume from
+     the sharded checkpoint of step 4, the export), and the CPU harness benchmarks/fsdp2_parity.py. It comes last in
+     the 8-minute table; ``python benchmarks/gpu_check.py --only fsdp2`` runs it alone.
 """
 
 import argparse
@@ -44,6 +47,7 @@ SECTIONS = [
     ("mfu", 40, 60),
     ("fmnist", 150, 90),
     ("mfu_compile", None, 60),
+    ("fsdp2", 150, 90),
 ]
 GOALS = {
     "sop_loss_speedup_vs_dense": (">=", 5.0),
@@ -184,6 +188,70 @@ def section_fmnist(dry: bool, device: str, data_dir: str | None = None) -> list[
          "ok" if trained > random_init else "MISS"),  # fmt: skip
         ("Fashion-MNIST run wall time incl. k-NN (s)", f"{summary['wall_s']:.0f}", "", ""),
     ]
+
+
+def _fsdp2_launch(output_dir: str) -> subprocess.CompletedProcess:
+    """The main job (demo recipe, embedded data) under accelerate's FSDP2 on one process: 6 steps, a save every 2."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes",
+           "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "examples/pretrain_sop.py",
+           "--output_dir", output_dir, "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "5",
+           "--logging_steps", "1",
+           "--monitor_steps", "0", "--knn_eval", "false", "--report_to", "none", "--disable_tqdm", "true",
+           "--seed", "0"]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+
+
+def section_fsdp2(dry: bool, device: str) -> list[tuple]:
+    """FSDP2: the CPU harness (real fully_shard over gloo vs DDP, resume, export) everywhere; on the GPU, the main
+    job under accelerate's FSDP2 run straight, then resumed from a copy of its sharded checkpoint-4, and the export
+    loaded with AutoModel."""
+    import shutil
+
+    import fsdp2_parity
+
+    r = fsdp2_parity.run_parity(steps=2 if dry else 8, resume_at=1 if dry else 4, world=2, reshard=not dry)
+    ok = r["max_abs_loss_diff_vs_ddp"] <= 1e-3 and r["resume_max_abs_diff"] <= 1e-6 and r["export_loads_with_automodel"]
+    figures = (f"{r['max_abs_loss_diff_vs_ddp']:.1e} / {r['resume_max_abs_diff']:.1e} / "
+               f"{r['export_loads_with_automodel']}")
+    rows = [(f"FSDP2 CPU harness ({r['steps']} steps, 2 gloo processes): max abs loss diff vs DDP / resume diff / "
+             "export loads", figures,
+             "<= 1e-3 / <= 1e-6 / True", "ok" if ok else "MISS")]  # fmt: skip
+    root = tempfile.mkdtemp(prefix="gpu_check_fsdp2_")
+    straight, resumed = os.path.join(root, "straight"), os.path.join(root, "resumed")
+    if dry:  # accelerate enables FSDP only on accelerators (the CPU refusal is a test of tests/test_fsdp2.py)
+        return rows + [("FSDP2 main job (accelerate launch --use_fsdp --fsdp_version 2)", "GPU only", "", "-")]
+    out = _fsdp2_launch(straight)
+    if out.returncode != 0:
+        return rows + [("FSDP2 main job, 6 steps", f"rc {out.returncode}: {out.stderr.strip()[-160:]}", "", "FAIL")]
+    os.makedirs(resumed)
+    shutil.copytree(os.path.join(straight, "checkpoint-4"), os.path.join(resumed, "checkpoint-4"))
+    out = _fsdp2_launch(resumed)
+    if out.returncode != 0:
+        return rows + [("FSDP2 resume from checkpoint-4", f"rc {out.returncode}: {out.stderr.strip()[-160:]}", "",
+                        "FAIL")]  # fmt: skip
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    import sop_hf  # noqa: F401 - registers SOPModel with AutoModel
+
+    sharded = os.path.isdir(os.path.join(straight, "checkpoint-4", "sharded_state"))
+    a, b = (load_file(os.path.join(d, "encoder", "model.safetensors")) for d in (straight, resumed))
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    losses = []  # steps 5 and 6 of each run
+    for folder in (straight, resumed):
+        with open(os.path.join(folder, "checkpoint-6", "trainer_state.json")) as handle:
+            history = json.load(handle)["log_history"]
+        losses.append([row["loss"] for row in history if "loss" in row and row.get("step", 0) > 4])
+    encoder = AutoModel.from_pretrained(os.path.join(resumed, "encoder"))
+    rows += [
+        ("FSDP2 main job, 1 GPU: sharded checkpoint (DCP) written", "yes" if sharded else "no", "yes",
+         "ok" if sharded else "FAIL"),
+        ("FSDP2 resume from checkpoint-4 vs straight: losses of steps 5-6; max abs encoder diff",
+         f"{losses[1]} vs {losses[0]}; {diff:.1e}", "<= 1e-4", "ok" if diff <= 1e-4 else "MISS"),
+        ("FSDP2 export: AutoModel.from_pretrained(encoder)", type(encoder).__name__, "SOPModel",
+         "ok" if type(encoder).__name__ == "SOPModel" else "FAIL"),
+    ]  # fmt: skip
+    return rows
 
 
 def run_sections(names: list[str], dry: bool, device: str, data_dir: str | None) -> None:

@@ -14,7 +14,7 @@ from sop_hf.data.sources import load_embedded_fashion_mnist
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("CUDA tests", "SOP loss", "sop_loss_speedup_vs_dense", "sop_loss_memory_ratio_vs_dense",
             "sop_step_overhead_pct", "feature_extraction_ratio_vs_vit", "mfu_pct", "Fashion-MNIST k-NN",
-            "mfu_compiled_pct")  # fmt: skip
+            "mfu_compiled_pct", "FSDP2 CPU harness")  # fmt: skip
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

@@ -133,7 +133,9 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         BatchNorm statistics, for a ResNet): an ``SOPModel``, or a ``ResNetModel`` for ResNet lineage models."""
         source = self.backbone(which)
         encoder = self.build_export_encoder()
-        state = {k: v for k, v in source.state_dict().items() if not k.endswith("mask_token")}
+        gathered = self.__dict__.get("gathered_encoder_states")  # FSDP2: full weights gathered by training.fsdp2
+        state = gathered[which] if gathered else source.state_dict()
+        state = {k: v for k, v in state.items() if not k.endswith("mask_token")}
         encoder.load_state_dict(state, strict=True)
         return encoder.to(next(source.parameters()).dtype).eval()
 

@@ -69,13 +69,18 @@ def checkpoint_problems(path: str, model=None) -> list[str]:
     if not os.path.isdir(path):
         return [f"{path} is not a folder"]
     files = set(os.listdir(path))
+    from .fsdp2 import SHARDED_DIR, sharded_state_problems  # here: fsdp2 imports this module's names
+
+    sharded = SHARDED_DIR in files  # FSDP2: model, banks and optimizer as DCP shards
     for name, what in (("trainer_state.json", "trainer"), ("optimizer.pt", "optimizer"), ("scheduler.pt", "scheduler")):
-        if name not in files:
+        if name not in files and not (sharded and name == "optimizer.pt"):
             problems.append(f"{name} ({what} state)")
     if not any(re.fullmatch(r"rng_state(_\d+)?\.pth", f) for f in files):
         problems.append("rng_state*.pth (RNG state)")
     weights = os.path.join(path, "model.safetensors")
-    if not os.path.exists(weights):
+    if sharded:
+        problems += sharded_state_problems(path)
+    elif not os.path.exists(weights):
         problems.append("model.safetensors (weights and memory banks)")
     else:
         try:
@@ -95,6 +100,8 @@ def checkpoint_problems(path: str, model=None) -> list[str]:
             with open(marker) as handle:
                 record = json.load(handle)
             for name, size in record.get("files", {}).items():
+                if sharded and os.path.isdir(os.path.join(path, name)):
+                    continue  # the DCP folder: its shards are checked against its metadata above
                 if not os.path.exists(os.path.join(path, name)) or os.path.getsize(os.path.join(path, name)) != size:
                     problems.append(f"{name} (missing or of another size than written)")
         except (OSError, ValueError) as error:

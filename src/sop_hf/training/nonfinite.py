@@ -53,7 +53,8 @@ class NonFiniteGuard:
         bad = ~torch.isfinite(loss.detach())
         self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad
 
-    def check_step(self, grads: list[torch.Tensor], global_step: int, device: torch.device, optimizer=None) -> None:
+    def check_step(self, grads: list[torch.Tensor], global_step: int, device: torch.device, optimizer=None,
+                   sharding=None) -> None:  # fmt: skip
         """Before the optimizer step: flag the step when its loss or any gradient is non-finite.
 
         Args:
@@ -61,11 +62,15 @@ class NonFiniteGuard:
             global_step: the optimizer step being taken (named in the stop message).
             device: where the counters live.
             optimizer: the unwrapped optimizer; a fused one receives the flag as ``found_inf``.
+            sharding: under FSDP2, the ``Fsdp2Strategy``: ``grads`` are local shards, and its ``any_nonfinite``
+                (one all-reduce) gives every rank the same decision.
         """
         bad = torch.zeros((), dtype=torch.bool, device=device)
         if self._loss_bad is not None:
             bad = bad | self._loss_bad.to(device)
-        if grads:
+        if sharding is not None:  # local shards, one all-reduce: every rank takes the same decision
+            bad = bad | sharding.any_nonfinite(grads).to(device)
+        elif grads:
             bad = bad | ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).to(device)).all()
         self._loss_bad = None
         counters = self._counters
@@ -115,10 +120,11 @@ def nonfinite_tensor_names(model, optimizer=None) -> list[str]:
     return bad
 
 
-def check_finite_state(model, optimizer, step: int, output_dir: str) -> None:
+def check_finite_state(model, optimizer, step: int, output_dir: str, sharding=None) -> None:
     """Raise ``NonFiniteLossError`` (nothing is saved) when the model or optimizer state is not finite, naming the
-    tensors, the step and the newest good checkpoint of ``output_dir``."""
-    bad = nonfinite_tensor_names(model, optimizer)
+    tensors, the step and the newest good checkpoint of ``output_dir`` (under FSDP2, ``sharding`` checks every
+    rank's shards)."""
+    bad = sharding.nonfinite_state(model, optimizer) if sharding is not None else nonfinite_tensor_names(model, optimizer)
     if bad:
         newest_good = last_complete_checkpoint(output_dir)
         raise NonFiniteLossError(

@@ -20,11 +20,13 @@ It is built on ``Trainer``'s public extension points (``create_optimizer``, ``cr
 - **Checkpoints** (``training.checkpoints``). Nothing non-finite is ever saved; a checkpoint is staged in
   ``OUTPUT_DIR/.staging`` and renamed into place when complete; resume takes the newest complete checkpoint and
   refuses one that lacks its optimizer, scheduler, RNG or memory-bank state. This is the one place that overrides
-  private ``Trainer`` methods (``_save_checkpoint``, ``_get_output_dir``: ``PRIVATE_OVERRIDES``, docs/training.md).
+  private ``Trainer`` methods (``_save_checkpoint``, ``_get_output_dir``, and three checkpoint methods under FSDP2:
+  ``PRIVATE_OVERRIDES``, docs/training.md).
 - **Preemption** (``training.preemption``). SIGTERM / SIGUSR1: every process finishes its step, the run writes one
   complete checkpoint of it and exits with status 75; the same command resumes exactly.
-- **Strategies.** Single device and DDP (multi-GPU, multi-node) are supported; FSDP and DeepSpeed are refused at
-  start (the teacher EMA, the per-parameter clipping and the encoder export need full, unsharded parameters).
+- **Strategies.** Single device and DDP (multi-GPU, multi-node) are supported, and FSDP version 2 on accelerators
+  (``training.fsdp2``: sharded pair, EMA on shards, full-norm clipping, DCP checkpoints, full-state export); FSDP on
+  CPU, FSDP version 1 and DeepSpeed are refused at start, saying why.
 
 Gradient accumulation: every micro-batch runs its own forward, so every micro-batch enqueues its own keys and draws
 its own anchors; with ``gradient_accumulation_steps=a`` the bank spans ``K / (a * global micro-batch)`` optimizer
@@ -74,18 +76,27 @@ from .schedules import cosine_schedule, lr_multiplier, warmup_constant_schedule
 logger = logging.getLogger(__name__)
 
 LOGGED_TERMS = ("sop_loss", "mim_loss", "koleo_loss", "uniformity_loss", "teacher_entropy")  # when a model returns them
-# The private Trainer methods SOPTrainer still overrides, with the parameters it relies on. Both exist only for the
-# atomic checkpoint: Trainer has no public hook that says where a checkpoint is written before it is complete.
+# The private Trainer methods SOPTrainer still overrides, with the parameters it relies on. All exist for checkpoints:
+# Trainer has no public hook that says where a checkpoint is written before it is complete, nor one for sharded state.
 # tests/test_trainer.py fails, naming the method, when transformers changes one of them (docs/training.md).
-PRIVATE_OVERRIDES = {"_save_checkpoint": ("self", "model", "trial"), "_get_output_dir": ("self", "trial")}
+PRIVATE_OVERRIDES = {
+    "_save_checkpoint": ("self", "model", "trial"),
+    "_get_output_dir": ("self", "trial"),
+    # FSDP2 only (each defers to Trainer's own without sharding): DCP shards instead of optimizer.pt / safetensors.
+    "_save_optimizer_and_scheduler": ("self", "output_dir"),
+    "_load_from_checkpoint": ("self", "resume_from_checkpoint", "model"),
+    "_load_optimizer_and_scheduler": ("self", "checkpoint"),
+}
 # The private Trainer attribute SOPTrainer sets: create_scheduler marks its scheduler as Trainer's own, as
 # Trainer.create_scheduler does, so a second train() call builds it again for its own number of steps.
 PRIVATE_ATTRIBUTES = ("_created_lr_scheduler",)
 UNSUPPORTED_SHARDING = (
-    "SOPTrainer supports one device and DDP (accelerate launch --multi_gpu, one or many nodes). FSDP and DeepSpeed "
-    "are refused: the teacher EMA, the per-parameter gradient clipping and the encoder export need every process "
-    "to hold full, unsharded parameters and gradients. Use DDP (with bf16 and gradient checkpointing for large "
-    "ViTs)."
+    "SOPTrainer supports one device and DDP (accelerate launch --multi_gpu, one or many nodes), and FSDP version 2 "
+    "on GPUs (accelerate launch --use_fsdp --fsdp_version 2). On CPU, FSDP and DeepSpeed are refused: accelerate "
+    "enables FSDP only on accelerators, so with --use_fsdp on CPU every process would train alone on its own full "
+    "copy. FSDP version 1 and DeepSpeed are refused everywhere: the teacher EMA, the per-parameter clipping, the "
+    "checkpoints and the encoder export are written for FSDP2's per-parameter shards (sop_hf.training.fsdp2), not "
+    "for FSDP1's flat parameters or DeepSpeed's ZeRO partitions. Use DDP, or FSDP version 2 on GPUs."
 )
 
 
@@ -112,18 +123,19 @@ class SOPTrainer(Trainer):
     def __init__(self, model=None, args: SOPTrainingArguments | None = None, **kwargs):
         if args is None or not isinstance(args, SOPTrainingArguments):
             raise ValueError("SOPTrainer needs SOPTrainingArguments (they carry the EMA and temperature schedules)")
-        if _sharding_requested(args):
+        if _sharding_requested(args) and not _fsdp2_on_accelerator_requested(args):
             raise ValueError(UNSUPPORTED_SHARDING)
         preemption_signals = parse_signals(args.preemption_signals)
         train_dataset = kwargs.get("train_dataset")
         _check_dataset_size(train_dataset, args)
         super().__init__(model=model, args=args, **kwargs)
         set_cpu_threads(args.cpu_threads, args.device, args.world_size)
-        if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
-            raise ValueError(UNSUPPORTED_SHARDING)
+        self.sharding = _fsdp2_strategy(self)  # None for one device and DDP; FSDP2: shards the model here
+        clip_and_ema = [PerParameterClipCallback(), TeacherEMACallback()] if self.sharding is None else \
+            self.sharding.callbacks()  # fmt: skip
         self.preemption = PreemptionCallback(preemption_signals)
-        for callback in (_TrainerHooks(self), PerParameterClipCallback(), WeightDecayScheduleCallback(),
-                         TeacherEMACallback(), self.preemption):  # fmt: skip  (preemption after the EMA)
+        for callback in (_TrainerHooks(self), WeightDecayScheduleCallback(), *clip_and_ema,
+                         self.preemption):  # fmt: skip  (preemption after the EMA)
             self.add_callback(callback)
         # Every rank draws the same anchors without communication: seed them with the run's seed.
         self.model.anchor_seed = args.seed
@@ -278,7 +290,8 @@ class SOPTrainer(Trainer):
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         fused = getattr(self.accelerator, "scaler", None) is None  # with a GradScaler, the scaler skips the step
-        self.nonfinite.check_step(grads, self.state.global_step, self.args.device, optimizer if fused else None)
+        self.nonfinite.check_step(grads, self.state.global_step, self.args.device, optimizer if fused else None,
+                                  sharding=self.sharding)  # fmt: skip
 
     def _flush_step_counters(self) -> None:
         """Image counts summed over processes and the non-finite counters read (a host sync; every process)."""
@@ -294,7 +307,8 @@ class SOPTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         self._flush_step_counters()
         step = self.state.global_step
-        check_finite_state(self.accelerator.unwrap_model(self.model), self.optimizer, step, self.args.output_dir)
+        check_finite_state(self.accelerator.unwrap_model(self.model), self.optimizer, step, self.args.output_dir,
+                           sharding=self.sharding)  # fmt: skip
         run_dir = self._get_output_dir(trial)
         if self.args.should_save:
             clear_staging(run_dir, step)  # files of an earlier attempt at this step must not be published
@@ -309,6 +323,23 @@ class SOPTrainer(Trainer):
             publish_checkpoint(run_dir, step, self.args.world_size, self.args.save_total_limit,
                                self.state.best_model_checkpoint)  # fmt: skip
         self.accelerator.wait_for_everyone()
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.sharding is None:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        self.sharding.save_state(output_dir, self.model, self.optimizer)  # DCP: model (banks too) and optimizer
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.sharding is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.sharding.load_state(resume_from_checkpoint, self.model, self.optimizer)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if self.sharding is None or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint of
@@ -332,6 +363,8 @@ class SOPTrainer(Trainer):
                                    ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)  # fmt: skip
             if self.preemption.stop_step is not None:
                 self._exit_preempted()
+            if self.sharding is not None:  # rank 0 keeps the full encoders for export_encoder (collective)
+                self.sharding.refresh_export(self.model)
         finally:
             self.preemption.uninstall()
         return output
@@ -385,6 +418,37 @@ def _sharding_requested(args) -> bool:
         or env.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
         or env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
     )  # fmt: skip
+
+
+def _fsdp2_on_accelerator_requested(args) -> bool:
+    """``accelerate launch --use_fsdp --fsdp_version 2`` (or ``--fsdp`` with version 2) on a GPU, without DeepSpeed."""
+    env = os.environ
+    version = str(env.get("FSDP_VERSION") or (getattr(args, "fsdp_config", None) or {}).get("version", 1))
+    deepspeed = getattr(args, "deepspeed", None) or env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    return version == "2" and not deepspeed and _on_accelerator(args)
+
+
+def _on_accelerator(args) -> bool:
+    return args.device.type != "cpu"
+
+
+def _fsdp2_strategy(trainer):
+    """The trainer's ``Fsdp2Strategy`` (model sharded now, before the optimizer) under accelerate's FSDP2 on an
+    accelerator; None without sharding; ``UNSUPPORTED_SHARDING`` for anything else."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        raise ValueError(UNSUPPORTED_SHARDING)
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return None
+    if getattr(trainer.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2 or not _on_accelerator(trainer.args):
+        raise ValueError(UNSUPPORTED_SHARDING)
+    if any(hasattr(c, "pop_logs") for c in trainer.callback_handler.callbacks):
+        raise ValueError("the training monitor runs k-NN on the main process only, which FSDP2's sharded encoders "
+                         "cannot do alone: pass --monitor_steps 0 under FSDP2")  # fmt: skip
+    from .fsdp2 import Fsdp2Strategy
+
+    strategy = Fsdp2Strategy.from_accelerator(trainer.accelerator)
+    trainer.model = trainer.model_wrapped = strategy.shard(trainer.model)
+    return strategy
 
 
 def _check_dataset_size(dataset, args) -> None:
