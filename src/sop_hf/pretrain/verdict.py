@@ -18,7 +18,7 @@ and seeds 0/1/2 (a 1.7-point range, rounded up). A gain of at most this much is 
 
 def knn_verdict(trained: float, baseline: float, spread_points: float = RANDOM_INIT_SPREAD_POINTS) -> str:
     """``"+18.8 points over random init: learned"``, or within noise, or worse, for top-1 fractions in [0, 1]."""
-    gain = 100 * (trained - baseline)
+    gain = round(100 * (trained - baseline), 1)  # judged as printed: "+2.0 points" is never "learned"
     if gain > spread_points:
         return f"{gain:+.1f} points over random init: learned"
     if gain >= -spread_points:
