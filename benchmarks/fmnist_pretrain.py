@@ -1,7 +1,8 @@
 """Benchmark: a time-boxed tiny-ViT SOP pretraining on the full Fashion-MNIST, k-NN top-1 vs random init.
 
-Runs the pretraining job of ``examples/pretrain_sop.py`` (``sop_hf.pretrain.main``, its ``demo`` recipe: ViT-T-like, patch 4, 28 px) on the 60k/10k Fashion-MNIST of
-Debian's ``dataset-fashion-mnist`` with two additions that stay in this script:
+Runs the pretraining job of ``examples/pretrain_sop.py`` (``sop_hf.pretrain.main``; its ``demo`` recipe: ViT-T-like,
+patch 4, 28 px) on the 60k/10k Fashion-MNIST of Debian's ``dataset-fashion-mnist`` with two additions that stay in
+this script:
 
 - ``--data_dir`` points the Debian loader at another folder holding the four ``*-idx?-ubyte.gz`` files (the GPU
   kit carries them in ``benchmarks/.data/fashion-mnist``, see docs/performance.md); without it the Debian path is used;

@@ -108,4 +108,5 @@ def test_automatic_recipe__from_a_probe_of_the_first_readable_image(tmp_path):
     assert choice.values["data"]["global_crop_size"] == 88 and "dataset_name" not in choice.values["data"]
     assert choose_recipe(location_flags(["--dataset_name", str(tmp_path / "images")]), probe=False).name == "demo"
     args = parse_arguments(["--dataset_name", str(tmp_path / "images"), "--output_dir", "o"])
-    assert (args.recipe, args.data.global_crop_size, args.training.max_steps) == ("demo model at 88 px, patch 8", 88, 500)
+    assert (args.recipe, args.data.global_crop_size, args.training.max_steps) == (
+        "demo model at 88 px, patch 8", 88, 500)

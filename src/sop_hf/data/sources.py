@@ -188,7 +188,8 @@ def data_files_mapping(
     {'train': ['a/*.parquet', 'b/*.parquet'], 'test': ['c.parquet']}
     """
     files: dict[str, list[str]] = {}
-    for split, flag, folder in (("train", "--train_dir", train_dir), ("validation", "--validation_dir", validation_dir)):
+    folders = (("train", "--train_dir", train_dir), ("validation", "--validation_dir", validation_dir))
+    for split, flag, folder in folders:
         if folder:
             if not os.path.isdir(folder):
                 raise ValueError(f"{flag} {folder!r} is not a folder")
@@ -199,7 +200,9 @@ def data_files_mapping(
     return files or None
 
 
-def dataset_identity(name: str, train_dir: str | None = None, data_files: Sequence[str] | None = None) -> tuple[str, str]:
+def dataset_identity(
+    name: str, train_dir: str | None = None, data_files: Sequence[str] | None = None
+) -> tuple[str, str]:
     """(Hub id, display name) of the data a run used, as a model card records it: the card's ``datasets`` and
     ``dataset_type`` take the id, its results table the display name. A local path becomes its folder's name (a card
     never shows a path of the machine it was written on).

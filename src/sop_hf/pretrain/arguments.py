@@ -12,13 +12,18 @@ from typing import NamedTuple
 from transformers import HfArgumentParser
 
 from ..configuration_sop import PRESETS
-from ..help_formatter import HelpFormatter
 from ..data.pipeline import MultiCropDataArguments
+from ..help_formatter import HelpFormatter
 from ..methods import METHODS
 from ..training import SOPTrainingArguments
 from .overrides import parse_config_overrides
 from .recipe_choice import (
-    LOCATION_FLAGS, choose_recipe, is_config_file, location_flags, parser_defaults, read_config_file,
+    LOCATION_FLAGS,
+    choose_recipe,
+    is_config_file,
+    location_flags,
+    parser_defaults,
+    read_config_file,
 )
 
 
@@ -47,7 +52,8 @@ class ModelArguments:
                   "instead of a random init."},
     )  # fmt: skip
     config_name: str | None = field(
-        default=None, metadata={"help": "A config.json (or its folder) of the method's config, instead of the recipe's."}
+        default=None,
+        metadata={"help": "A config.json (or its folder) of the method's config, instead of the recipe's."},
     )
     config_overrides: str | None = field(
         default=None,
@@ -63,7 +69,8 @@ class ModelArguments:
                   "recipe's."},
     )  # fmt: skip
     patch_size: int | None = field(
-        default=None, metadata={"help": "The encoder's patch size, as run_mim.py's --patch_size. Default: the recipe's."}
+        default=None,
+        metadata={"help": "The encoder's patch size, as run_mim.py's --patch_size. Default: the recipe's."},
     )
     preset: str | None = field(
         default=None, metadata={"help": f"ViT preset of the encoder: {', '.join(sorted(PRESETS))} (patch 16)."}

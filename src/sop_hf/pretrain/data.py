@@ -42,7 +42,8 @@ def load_training_data(data_args, seed: int, wants_eval: bool) -> TrainingData:
     if split is not None:
         evaluation = load_image_dataset(data_args.dataset_name, split=split, **load)
     elif data_args.train_val_split > 0 and not data_args.streaming:
-        stratify = label if has_labels(train, label) and isinstance(train.features[label], datasets.ClassLabel) else None
+        labelled = has_labels(train, label) and isinstance(train.features[label], datasets.ClassLabel)
+        stratify = label if labelled else None
         parts = train.train_test_split(test_size=data_args.train_val_split, seed=seed, stratify_by_column=stratify)
         train, evaluation = parts["train"], parts["test"]
         split = f"{data_args.split} (held out {data_args.train_val_split:g})"

@@ -135,7 +135,8 @@ def run(args: ParsedArguments, *, trainer_class: type = SOPTrainer, callbacks=()
     data = load_training_data(data_args, training_args.seed, wants_eval=knn_eval or monitor_steps > 0)
     patch_size = getattr(getattr(config, "backbone_config", config), "patch_size", 1)  # a ResNet has no patches
     train_dataset = build_train_dataset(data.train, data_args, patch_size=patch_size, seed=training_args.seed,
-                                        use_masks=spec.uses_masks(config), image_column=data_args.image_column_name)  # fmt: skip
+                                        use_masks=spec.uses_masks(config),
+                                        image_column=data_args.image_column_name)  # fmt: skip
     collator = build_collator(data_args)
 
     random_encoder = model.export_encoder("student") if is_main else None

@@ -1,8 +1,8 @@
 """``--config_overrides`` and run_mim.py's ``--image_size`` / ``--patch_size``: the one reader of both.
 
-The syntax is transformers' ``PretrainedConfig.update_from_string`` ("n_embd=10,resid_pdrop=0.2,scale_attn_weights=false,
-summary_type=cls_index": numbers and strings as they are, booleans as true/false) with two additions that a pretraining
-config needs:
+The syntax is transformers' ``PretrainedConfig.update_from_string``
+("n_embd=10,resid_pdrop=0.2,scale_attn_weights=false,summary_type=cls_index": numbers and strings as they are,
+booleans as true/false) with two additions that a pretraining config needs:
 
 - a dotted key reaches the encoder of a lineage method: ``backbone_config.hidden_size=128``;
 - a value that parses as JSON is read as JSON, so lists and objects work: ``mask_ratio=[0.1,0.5]``,
