@@ -124,6 +124,11 @@ def run(args: ParsedArguments, *, trainer_class: type = SOPTrainer, callbacks=()
     if monitor_steps != data_args.monitor_steps:
         logger.info("--eval_strategy steps: the k-NN monitor runs every %d steps", monitor_steps)
     knn_eval = data_args.knn_eval and training_args.do_eval
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and training_args.world_size == 1:  # each process would train alone, into the same output_dir
+        raise ValueError(f"{launched} processes were launched but the Trainer sees 1 (accelerate's --multi_gpu "
+                         "found no GPU): add --use_cpu to train on CPU processes (gloo), or launch one "
+                         "process")  # fmt: skip
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps > 0 (a stream has no length)")
     set_seed(training_args.seed)
