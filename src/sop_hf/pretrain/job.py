@@ -98,6 +98,12 @@ def publish(hub: "HubTarget | None", output_dir: str, summary: dict) -> dict:
     return summary
 
 
+def setup_logging(is_main: bool) -> None:
+    """INFO logs on the main process, warnings only on the others (the first call wins, as ``logging.basicConfig``)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if is_main else logging.WARNING)  # fmt: skip
+
+
 def main(argv: list[str] | None = None, *, trainer_class: type = SOPTrainer, callbacks=(),
          description: str | None = None, prog: str | None = None) -> dict:  # fmt: skip
     """Run the pretraining job on ``argv`` (``sys.argv[1:]`` when None) and return its summary.
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None, *, trainer_class: type = SOPTrainer, cal
         description, prog: What ``--help`` shows.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging(is_main=os.environ.get("RANK", "0") == "0")  # before parsing: the recipe choice logs its probe
     return run(parse_arguments(argv, description, prog), trainer_class=trainer_class, callbacks=callbacks)
 
 
@@ -116,8 +123,7 @@ def run(args: ParsedArguments, *, trainer_class: type = SOPTrainer, callbacks=()
     """Run the pretraining job on parsed arguments (see ``main``)."""
     model_args, data_args, recipe = args.model, args.data, args.recipe
     is_main = args.training.process_index == 0
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if is_main else logging.WARNING)  # fmt: skip
+    setup_logging(is_main)  # a no-op when main() set it up already
     spec = get_method(model_args.method)
     monitor_steps = monitor_steps_of(data_args, args.training)
     training_args = trainer_arguments(args.training)
