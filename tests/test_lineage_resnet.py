@@ -197,7 +197,7 @@ def test_script__sop_refuses_the_resnet_encoder(tmp_path):
 
     with pytest.raises(ValueError, match="unknown SOPConfig field.*backbone_config"):
         main(["--config_overrides", 'backbone_config={"model_type":"resnet"}', "--max_steps", "1",
-                             "--output_dir", str(tmp_path)])
+              "--output_dir", str(tmp_path)])
 
 
 def test_update_model_card__adds_results_to_a_resnet_export_but_not_to_a_foreign_resnet(tmp_path):

@@ -120,5 +120,5 @@ def test_bad_image_fraction__one_bad_file_tolerated_two_of_ten_stop_naming_them(
     (data / "bright" / "also_broken.png").write_bytes(b"not an image either")
     with pytest.raises(ValueError, match=r"2 of 10 training images are unreadable.*broken.png"):
         main(["--dataset_name", str(data), "--max_steps", "2", "--per_device_train_batch_size", "4",
-                             "--knn_eval", "false", "--monitor_steps", "0", "--logging_steps", "1",
-                             "--save_strategy", "no", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "o")])
+              "--knn_eval", "false", "--monitor_steps", "0", "--logging_steps", "1",
+              "--save_strategy", "no", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "o")])
