@@ -1,30 +1,29 @@
 """Benchmark: a time-boxed tiny-ViT SOP pretraining on the full Fashion-MNIST, k-NN top-1 vs random init.
 
-Runs ``examples/pretrain_sop.py`` (its ``demo`` recipe: ViT-T-like, patch 4, 28 px) on the 60k/10k Fashion-MNIST of
-Debian's ``dataset-fashion-mnist`` with two additions that stay in this script:
+Runs the pretraining job of ``examples/pretrain_sop.py`` (``sop_hf.pretrain.main``; its ``demo`` recipe: ViT-T-like,
+patch 4, 28 px) on the 60k/10k Fashion-MNIST of Debian's ``dataset-fashion-mnist`` with two additions that stay in
+this script:
 
 - ``--data_dir`` points the Debian loader at another folder holding the four ``*-idx?-ubyte.gz`` files (the GPU
   kit carries them in ``benchmarks/.data/fashion-mnist``, see docs/performance.md); without it the Debian path is used;
-- ``--time_budget_s`` stops training after that many seconds (a callback), so the run fits a fixed slot whatever the
-  device; the steps done are reported. ``--max_steps`` still sets the schedules.
+- ``--time_budget_s`` stops training after that many seconds (a callback handed to the job's ``callbacks``), so the
+  run fits a fixed slot whatever the device; the steps done are reported. ``--max_steps`` still sets the schedules.
 
-Every other flag goes to the example unchanged. The last line is ``fmnist_pretrain: {json}`` with the k-NN figures.
+Every other flag goes to the job unchanged. The last line is ``fmnist_pretrain: {json}`` with the k-NN figures.
 
     python benchmarks/fmnist_pretrain.py --data_dir benchmarks/.data/fashion-mnist --time_budget_s 140 \\
         --max_steps 1500 --per_device_train_batch_size 256 --dataloader_num_workers 8 --bf16 true
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from transformers import TrainerCallback
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pretrain_sop.py"
+from sop_hf.pretrain import main as pretrain
 
 
 def point_debian_loader_at(root: str) -> None:
@@ -55,21 +54,11 @@ def main(argv: list[str] | None = None) -> dict:
     args, rest = parser.parse_known_args(argv)
     if args.data_dir:
         point_debian_loader_at(args.data_dir)
-    spec = importlib.util.spec_from_file_location("pretrain_sop", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    if args.time_budget_s is not None:
-        budget = args.time_budget_s
-
-        class TimeBoxedTrainer(example.SOPTrainer):
-            def __init__(self, *a, callbacks=None, **kw):
-                super().__init__(*a, callbacks=[*(callbacks or []), TimeBudget(budget)], **kw)
-
-        example.SOPTrainer = TimeBoxedTrainer
+    callbacks = [TimeBudget(args.time_budget_s)] if args.time_budget_s is not None else []
     if "--dataset_name" not in rest:
         rest += ["--dataset_name", "fashion_mnist_debian"]
     start = time.perf_counter()
-    summary = example.main(rest)
+    summary = pretrain(rest, callbacks=callbacks)
     summary["wall_s"] = time.perf_counter() - start
     keys = ("knn_top1_random_init", "knn_top1_trained", "global_step", "train_loss", "wall_s")
     print("fmnist_pretrain: " + json.dumps({k: summary.get(k) for k in keys}))

@@ -59,18 +59,6 @@ except ImportError:
 """
 
 
-def load_example(name: str = "pretrain_sop"):
-    """The example script as a module, so tests can call its ``main(argv)`` in-process (no interpreter start-up)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parent.parent / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # A tiny ResNet encoder (basic blocks, two stages) for the lineage methods' ResNet path.
 TINY_RESNET = dict(model_type="resnet", embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic")
 

@@ -56,7 +56,7 @@ def test_help__exits_0_and_describes_the_options(capsys, entry, options):
 
 def test_main__dispatches_and_explains_usage(capsys):
     assert main([]) == 2 and main(["nope"]) == 2
-    assert "usage: sop-hf {eval,visualize,export,convert}" in capsys.readouterr().err
+    assert "usage: sop-hf {pretrain,eval,visualize,export,convert}" in capsys.readouterr().err
     assert main(["--help"]) == 0
     assert "Run `sop-hf COMMAND --help`" in capsys.readouterr().out
     for command in ("eval", "visualize", "export", "convert"):
@@ -64,6 +64,17 @@ def test_main__dispatches_and_explains_usage(capsys):
             main([command, "knn", "--help"] if command == "eval" else [command, "--help"])
         assert exit_info.value.code == 0
         assert "--model" in capsys.readouterr().out or command == "convert"
+
+
+def test_pretrain__help_shows_the_jobs_flags_with_the_recipes_values(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: sop-hf pretrain") and "accelerate launch -m sop_hf.cli pretrain" in text
+    for flag in ("--recipe", "--config_overrides", "--image_size IMAGE_SIZE", "--patch_size PATCH_SIZE", "--train_dir"):
+        assert flag in text
+    assert "--max_steps MAX_STEPS" in text and "(default: 500)" in text  # the demo recipe's values are the defaults
 
 
 def test_export__missing_required_option_fails(capsys):

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ def test_demo__short_run_exports_a_loadable_encoder_card_plot_and_knn(tmp_path):
     summary = json.loads((out / "results.json").read_text())
     assert summary["global_step"] == 6
     trained, baseline = summary["knn_top1_trained"], summary["knn_top1_random_init"]
-    assert f"random init {100 * baseline:.1f}%  ->  trained (student) {100 * trained:.1f}%" in result.stdout
+    assert f"random init {100 * baseline:.1f}%  ->  trained (student) {100 * trained:.1f}%: " in result.stdout
+    assert re.search(r"%: [+-]\d+\.\d points(: within noise| over random init: learned|: worse)", result.stdout)
     assert 0.1 < baseline < 1 and 0.1 < trained < 1  # 10 balanced classes: chance is 0.1
     encoder = out / "encoder"
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_sop.py", "README.md"):
@@ -78,6 +80,12 @@ def test_help__explains_the_knobs():
 
 
 import pytest  # noqa: E402
+
+
+def test_script__is_glue_that_imports_the_library():
+    source = Path(SCRIPT).read_text()
+    assert sum(1 for line in source.splitlines() if line.strip()) <= 200  # run_mim.py-sized (issue #21)
+    assert "from sop_hf.pretrain import" in source and "_load_from_checkpoint" not in source
 
 
 SIZES = {"massl": "memory_size=2048,block_size=256", "carp": "num_prototypes=1024,block_size=256",

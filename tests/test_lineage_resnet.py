@@ -193,11 +193,11 @@ def test_script__carp_resnet_short_run_exports_a_stock_resnet(tmp_path):
 
 
 def test_script__sop_refuses_the_resnet_encoder(tmp_path):
-    from tests.conftest import load_example
+    from sop_hf.pretrain import main
 
     with pytest.raises(ValueError, match="unknown SOPConfig field.*backbone_config"):
-        load_example().main(["--config_overrides", 'backbone_config={"model_type":"resnet"}', "--max_steps", "1",
-                             "--output_dir", str(tmp_path)])
+        main(["--config_overrides", 'backbone_config={"model_type":"resnet"}', "--max_steps", "1",
+              "--output_dir", str(tmp_path)])
 
 
 def test_update_model_card__adds_results_to_a_resnet_export_but_not_to_a_foreign_resnet(tmp_path):

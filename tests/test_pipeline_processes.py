@@ -147,11 +147,11 @@ def test_main_job__failed_final_evaluation_keeps_encoder_curves_and_results(tmp_
 
 
 def test_bad_image_fraction__one_bad_file_tolerated_two_of_ten_stop_naming_them(tmp_path):
-    from tests.conftest import load_example
+    from sop_hf.pretrain import main
 
     data = write_folder(tmp_path / "data", 8, corrupt="broken.png")
     (data / "bright" / "also_broken.png").write_bytes(b"not an image either")
     with pytest.raises(ValueError, match=r"2 of 10 training images are unreadable.*broken.png"):
-        load_example().main(["--dataset_name", str(data), "--max_steps", "2", "--per_device_train_batch_size", "4",
-                             "--knn_eval", "false", "--monitor_steps", "0", "--logging_steps", "1",
-                             "--save_strategy", "no", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "o")])
+        main(["--dataset_name", str(data), "--max_steps", "2", "--per_device_train_batch_size", "4",
+              "--knn_eval", "false", "--monitor_steps", "0", "--logging_steps", "1",
+              "--save_strategy", "no", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "o")])

@@ -8,15 +8,15 @@ import pytest
 import yaml
 
 from sop_hf import SOPConfig
+from sop_hf import pretrain
 from sop_hf.methods import METHODS, build_config, get_method, recipe_owner
-from tests.conftest import load_example
 
 ALL = [(method, name) for method, spec in METHODS.items() for name in spec.recipes]
 
 
 @pytest.fixture(scope="module")
 def script():
-    return load_example()
+    return pretrain  # the job the example script runs
 
 
 @pytest.mark.parametrize("method, name", ALL)
@@ -162,13 +162,13 @@ def test_help__shows_the_values_of_the_chosen_recipe(script, capsys):
 
 def test_auto_recipe__follows_the_image_size():
     for side, patch, crop in ((28, 4, 28), (33, 4, 32), (96, 8, 96), (150, 8, 144)):
-        label, values = load_example().recipe_for_images("sop", side)
+        label, values = pretrain.recipe_for_images("sop", side)
         assert (values["model"]["patch_size"], values["model"]["image_size"], values["data"]["global_crop_size"]) == (
             patch, crop, crop), side
         assert "dataset_name" not in values["data"]  # the user's data, never the embedded demo set
         SOPConfig(**{k: v for k, v in values["model"].items() if k != "preset"})
-    assert load_example().recipe_for_images("sop", 500)[0] == "vit_small_imagenet"
-    label, values = load_example().recipe_for_images("carp", 500)
+    assert pretrain.recipe_for_images("sop", 500)[0] == "vit_small_imagenet"
+    label, values = pretrain.recipe_for_images("carp", 500)
     assert values["model"]["backbone_config"]["image_size"] == 224
     assert get_method("sop").recipes["demo"]["model"]["image_size"] == 28  # the recipes themselves are not changed
 

@@ -109,14 +109,14 @@ def test_unlabelled_folder__trains_exports_and_says_knn_was_skipped(data, tmp_pa
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--preset", "vit_huge"], "--preset must be one of vit_base, vit_large, vit_small, vit_tiny, got 'vit_huge'"),
+    (["--preset", "vit_huge"], "preset must be one of vit_base, vit_large, vit_small, vit_tiny, got 'vit_huge'"),
     (["--lr_scheduler_type", "polynomial"], "--lr_scheduler_type must be one of cosine, linear"),
     (["--eval_strategy", "epoch"], "--eval_strategy epoch is not supported"),
     (["--monitor_steps", "5", "--monitor_samples", "10"], "--knn_k 20 is larger than the monitor's 10 train images"),
 ])  # fmt: skip
 def test_bad_flags__clear_errors_before_compute(flags, message, tmp_path):
-    from tests.conftest import load_example
+    from sop_hf.pretrain import main
 
     with pytest.raises(ValueError, match=re.escape(message)):
-        load_example().main([*flags, "--output_dir", str(tmp_path / "x")])
+        main([*flags, "--output_dir", str(tmp_path / "x")])
     assert not (tmp_path / "x" / "encoder").exists()

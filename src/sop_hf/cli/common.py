@@ -1,19 +1,12 @@
-"""What every ``sop-hf`` subcommand shares: the help format, argument parsing and logging to stderr."""
+"""What every ``sop-hf`` subcommand shares: the help format (``help_formatter.py``), argument parsing and logging to
+stderr."""
 
 import logging
 import sys
-from argparse import ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
 
 from transformers import HfArgumentParser
 
-
-class HelpFormatter(RawDescriptionHelpFormatter, ArgumentDefaultsHelpFormatter):
-    """Keeps the description's line breaks and shows the default of every option that has one."""
-
-    def _get_help_string(self, action):
-        if action.required or action.default is None:
-            return action.help
-        return super()._get_help_string(action)
+from ..help_formatter import HelpFormatter
 
 
 def parse(dataclass_types, prog: str, description: str, argv: list[str] | None) -> tuple:

@@ -14,6 +14,10 @@
   from the files' extension (image files: ``imagefolder``).
 - anything else: a Hub dataset name passed to ``datasets.load_dataset``.
 
+Three small rules live here and nowhere else: ``data_files_mapping`` (``--train_dir`` / ``--validation_dir`` /
+``--data_files`` as one ``data_files`` mapping), ``evaluation_split`` (which split evaluates when none is named) and
+``dataset_identity`` (the Hub id and display name a model card gives the data).
+
 Errors are raised before any training: an empty dataset or a missing image column is a ``ValueError`` that names the
 columns that exist.
 
@@ -155,6 +159,70 @@ def available_splits(name: str, config: str | None = None, data_files: Mapping |
     if os.path.isfile(name):
         return ["train"]
     return sorted(str(s) for s in datasets.get_dataset_split_names(name, config))
+
+
+EVALUATION_SPLITS = ("validation", "test", "valid", "val")  # in order of preference, as datasets on the Hub name them
+
+
+def evaluation_split(name: str, config: str | None = None, data_files: Mapping | None = None) -> str | None:
+    """The split that evaluates a run when none is named: the first of ``EVALUATION_SPLITS`` that ``name`` (or
+    ``data_files``) has; None when it has none of them or its layout cannot be listed.
+
+    >>> evaluation_split("embedded")
+    'test'
+    """
+    try:
+        splits = available_splits(name, config, data_files)
+    except Exception:  # noqa: BLE001 - an unknown layout (or an unreachable Hub) has no automatic evaluation split
+        return None
+    return next((split for split in EVALUATION_SPLITS if split in splits), None)
+
+
+def data_files_mapping(
+    train_dir: str | None = None, validation_dir: str | None = None, data_files: Sequence[str] | None = None
+) -> dict[str, list[str]] | None:
+    """``--train_dir`` / ``--validation_dir`` (image folders) and ``--data_files`` (``SPLIT=GLOB`` entries, a bare
+    ``GLOB`` being the train split) as a ``datasets`` ``data_files`` mapping; None when none is given.
+
+    >>> data_files_mapping(data_files=["train=a/*.parquet", "b/*.parquet", "test=c.parquet"])
+    {'train': ['a/*.parquet', 'b/*.parquet'], 'test': ['c.parquet']}
+    """
+    files: dict[str, list[str]] = {}
+    folders = (("train", "--train_dir", train_dir), ("validation", "--validation_dir", validation_dir))
+    for split, flag, folder in folders:
+        if folder:
+            if not os.path.isdir(folder):
+                raise ValueError(f"{flag} {folder!r} is not a folder")
+            files.setdefault(split, []).append(os.path.join(folder, "**"))
+    for entry in data_files or []:
+        split, _, pattern = entry.rpartition("=") if "=" in entry else ("train", "", entry)
+        files.setdefault(split or "train", []).append(pattern)
+    return files or None
+
+
+def dataset_identity(
+    name: str, train_dir: str | None = None, data_files: Sequence[str] | None = None
+) -> tuple[str, str]:
+    """(Hub id, display name) of the data a run used, as a model card records it: the card's ``datasets`` and
+    ``dataset_type`` take the id, its results table the display name. A local path becomes its folder's name (a card
+    never shows a path of the machine it was written on).
+
+    >>> dataset_identity("embedded")
+    ('fashion_mnist', 'Fashion-MNIST (sop_hf embedded 4k/1k subset)')
+    """
+    if train_dir:
+        base = Path(train_dir).resolve().name
+        return base, base
+    if data_files:
+        return "local data files", "local data files"
+    if name == EMBEDDED_NAME:
+        return "fashion_mnist", "Fashion-MNIST (sop_hf embedded 4k/1k subset)"
+    if name == DEBIAN_NAME:
+        return "fashion_mnist", "Fashion-MNIST"
+    if os.path.exists(name):
+        base = Path(name).resolve().name
+        return base, base
+    return name, name
 
 
 def load_image_dataset(

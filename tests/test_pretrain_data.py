@@ -1,0 +1,60 @@
+"""The job's data rules, each with one owner: data_files_mapping, evaluation_split and dataset_identity
+(data/sources.py), and the job's training / k-NN splits (pretrain/data.py), which never change the parsed arguments."""
+
+import dataclasses
+import re
+
+import datasets
+import pytest
+from PIL import Image
+
+from sop_hf.data.sources import data_files_mapping, dataset_identity, evaluation_split
+from sop_hf.pretrain import parse_arguments
+from sop_hf.pretrain.data import load_training_data
+
+
+def write_images(folder, count: int, size: int = 12) -> None:
+    for i in range(count):
+        (folder / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (size, size), (40 * (i % 2), 0, 0)).save(folder / ("a" if i % 2 else "b") / f"{i}.png")
+
+
+def test_data_files_mapping__folders_globs_and_splits(tmp_path):
+    assert data_files_mapping() is None
+    assert data_files_mapping(str(tmp_path), None, ["test=t/*.parquet", "x.parquet"]) == {
+        "train": [f"{tmp_path}/**", "x.parquet"], "test": ["t/*.parquet"]}  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape("--validation_dir 'nowhere' is not a folder")):
+        data_files_mapping(None, "nowhere")
+
+
+def test_evaluation_split__validation_then_test_else_none(tmp_path):
+    assert evaluation_split("embedded") == "test"
+    assert evaluation_split("x", data_files={"train": ["a"], "validation": ["b"], "test": ["c"]}) == "validation"
+    assert evaluation_split("x", data_files={"train": ["a"]}) is None
+    assert evaluation_split(str(tmp_path / "missing")) is None  # an unknown layout: no automatic split
+    write_images(tmp_path / "images" / "train", 4)
+    write_images(tmp_path / "images" / "val", 4)
+    assert evaluation_split(str(tmp_path / "images")) == "validation"  # datasets names a val/ folder 'validation'
+
+
+def test_dataset_identity__hub_id_and_display_name_never_a_path(tmp_path):
+    assert dataset_identity("embedded") == ("fashion_mnist", "Fashion-MNIST (sop_hf embedded 4k/1k subset)")
+    assert dataset_identity("fashion_mnist_debian") == ("fashion_mnist", "Fashion-MNIST")
+    assert dataset_identity("user/data") == ("user/data", "user/data")
+    assert dataset_identity(str(tmp_path)) == (tmp_path.name, tmp_path.name)
+    assert dataset_identity("embedded", train_dir=str(tmp_path / "mine")) == ("mine", "mine")
+    assert dataset_identity("embedded", data_files=["a.parquet"]) == ("local data files", "local data files")
+
+
+def test_load_training_data__held_out_split_named_and_arguments_untouched(tmp_path):
+    write_images(tmp_path / "only" / "train", 20)
+    args = parse_arguments(["--dataset_name", str(tmp_path / "only"), "--train_val_split", "0.25", "--output_dir", "o"])
+    before = dataclasses.asdict(args.data)
+    data = load_training_data(args.data, seed=0, wants_eval=True)
+    assert (len(data.train), len(data.knn[1]), data.eval_split) == (15, 5, "train (held out 0.25)")
+    assert data.knn[0] is data.train and isinstance(data.knn[1], datasets.Dataset)
+    assert dataclasses.asdict(args.data) == before  # eval_split and the rest stay as parsed
+    embedded = parse_arguments(["--max_train_samples", "100", "--output_dir", "o"]).data
+    data = load_training_data(embedded, seed=0, wants_eval=True)
+    assert (len(data.train), len(data.knn[1]), data.eval_split) == (100, 1000, "test")
+    assert load_training_data(embedded, seed=0, wants_eval=False).knn is None
