@@ -48,7 +48,7 @@ def test_parity_harness__fsdp2_matches_ddp_resumes_exactly_reshards_and_exports(
     problems = sharded_checkpoint_problems(str(checkpoint))
     assert problems[0].startswith(f"{SHARDED_DIR}/__1_0.distcp (cut short: ")
     assert problems[1:] == [f"{SHARDED_DIR}/__1_0.distcp (missing or of another size than written)"]
-    from sop_hf.training.trainer import checkpoint_problems  # what SOPTrainer's resume checks
+    from sop_hf.training.checkpoints import checkpoint_problems  # what SOPTrainer's resume checks
 
     assert any(p.startswith(f"{SHARDED_DIR}/__1_0.distcp (cut short: ") for p in checkpoint_problems(str(checkpoint)))
     shard.unlink()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..training.trainer import last_complete_checkpoint
+from ..training.checkpoints import last_complete_checkpoint
 from .push import push_run_to_hub
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from ..hub import default_image_processor, save_encoder
 from ..hub.run import HubPushCallback, HubTarget
 from ..methods import get_method
 from ..training import SOPTrainer, TrainingMonitorCallback, plot_training_curves
-from ..training.trainer import last_complete_checkpoint
+from ..training.checkpoints import last_complete_checkpoint
 from .arguments import ParsedArguments, parse_arguments
 from .data import knn_subsets, load_training_data
 from .model import build_model, load_checkpoint
