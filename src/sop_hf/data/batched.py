@@ -1,0 +1,207 @@
+"""``BatchedMultiCrop``: the DINO/iBOT multi-crop split after decoding, its pixel work batched on the training device.
+
+    worker (CPU, per image)             ``cut``: draw every view's parameters (``MultiCropAugmentation.draw_view``,
+                                        the same draws in the same order as the per-image path), slice the uint8 crops
+    worker (CPU, per batch)             ``collate``: pad crops of similar size together (uint8), stack the per-view
+                                        parameters into tensors and index lists
+    -- uint8 across the boundary (pinned memory, non-blocking copies on CUDA) --
+    training device (inside the step)   ``apply``: resize (+ flip) as batched matrix products, colour jitter in each
+                                        view's own order, grayscale, Gaussian blur, solarisation, normalisation
+
+The photometric ops are ``data.photometric``'s vectorised kernels: each op runs once per batch on the rows that
+need it (their indices are computed in the worker, so the device never waits for the host). For the same
+generators the views equal ``MultiCropAugmentation``'s within float rounding (tests/test_batched_augmentation.py).
+
+Standalone use, DALI/kornia style (seeded: view v of image i is drawn from ``stream_seed(seed, i, v)``):
+
+>>> import numpy as np
+>>> images = [np.full((40, 50, 3), 128, np.uint8), np.zeros((31, 17, 3), np.uint8)]
+>>> augment = BatchedMultiCrop(global_crop_size=32, local_crop_size=16, num_local_crops=2)
+>>> views = augment(images, seed=0)
+>>> tuple(views["pixel_values"].shape), tuple(views["local_pixel_values"].shape)
+((4, 3, 32, 32), (4, 3, 16, 16))
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..seeding import stream_seed
+from . import photometric
+from .augmentations import JITTER_NEUTRAL, MultiCropAugmentation, ViewParams, as_rgb_array
+
+__all__ = ["BatchedMultiCrop", "CROPS_KEY", "views_on_device"]
+
+CROPS_KEY = "multicrop"  # the batch key holding the packed crops and parameters (popped by ``views_on_device``)
+_JITTER_KERNELS = (photometric.adjust_brightness, photometric.adjust_contrast, photometric.adjust_saturation,
+                   photometric.adjust_hue)  # fmt: skip
+_OUTPUT_KEYS = {"global": "pixel_values", "local": "local_pixel_values"}
+
+
+class BatchedMultiCrop:
+    """Multi-crop views of a batch of images, with per-view random parameters, computed as batched tensor ops.
+
+    Takes ``MultiCropAugmentation``'s arguments (or one ``MultiCropAugmentation`` as ``augmentation``); the recipe,
+    its defaults and its validation are that class's.
+
+    Args:
+        augmentation: the recipe; None builds one from ``kwargs``.
+        max_groups: crops of one side are padded into at most this many size groups (sorted by area), which bounds
+            the padding moved and multiplied; raise it for datasets of very mixed image sizes.
+        **kwargs: ``MultiCropAugmentation`` arguments.
+
+    >>> import numpy as np
+    >>> augment = BatchedMultiCrop(global_crop_size=16)
+    >>> example = augment.cut(np.zeros((20, 30, 3), np.uint8), None)
+    >>> views = augment.apply(augment.collate([example, example]))
+    >>> tuple(views["pixel_values"].shape)
+    (4, 3, 16, 16)
+    """
+
+    def __init__(self, augmentation: MultiCropAugmentation | None = None, max_groups: int = 4, **kwargs):
+        if augmentation is not None and kwargs:
+            raise ValueError(f"pass either augmentation or MultiCropAugmentation arguments, not both: {sorted(kwargs)}")
+        if max_groups < 1:
+            raise ValueError(f"max_groups must be >= 1, got {max_groups}")
+        self.augmentation = augmentation if augmentation is not None else MultiCropAugmentation(**kwargs)
+        self.max_groups = int(max_groups)
+
+    @property
+    def num_views(self) -> int:
+        return self.augmentation.num_global_crops + self.augmentation.num_local_crops
+
+    # --- worker side -----------------------------------------------------------------------------------------------
+    def cut(self, image, generator: torch.Generator | Sequence[torch.Generator] | None) -> dict:
+        """One image -> its views' parameters and uint8 crops (views of the decoded array: no pixel is copied).
+
+        Args:
+            image: an RGB PIL image or a uint8 HxWx3 array.
+            generator: as ``MultiCropAugmentation.__call__``: one generator, one per view, or None.
+
+        Returns:
+            ``{"crops": [uint8 [h, w, 3] arrays], "params": [ViewParams]}``, globals first.
+        """
+        array = as_rgb_array(image)
+        params = self.augmentation.draw_views(array.shape[0], array.shape[1], generator)
+        crops = [array[p.top : p.top + p.height, p.left : p.left + p.width] for p in params]
+        return {"crops": crops, "params": params}
+
+    def collate(self, examples: Sequence[dict]) -> dict:
+        """Examples of ``cut`` -> the packed batch ``apply`` takes: per crop side, uint8 crops padded by size group
+        and every parameter as tensors, rows in view-major order (view 0 of every image, then view 1 ...)."""
+        if not examples:
+            raise ValueError("BatchedMultiCrop.collate got an empty batch")
+        num_global = self.augmentation.num_global_crops
+        packed = {"mean": self.augmentation.mean, "std": self.augmentation.std}
+        sides = {"global": range(num_global), "local": range(num_global, self.num_views)}
+        for side, views in sides.items():
+            if len(views):
+                crops = [e["crops"][v] for v in views for e in examples]  # view-major
+                params = [e["params"][v] for v in views for e in examples]
+                packed[side] = self._pack(crops, params)
+        return packed
+
+    def _pack(self, crops: list[np.ndarray], params: list[ViewParams]) -> dict:
+        count = len(crops)
+        extents = torch.tensor([[p.height, p.width] for p in params], dtype=torch.long)  # [N, 2]
+        order = torch.argsort(extents[:, 0] * extents[:, 1], stable=True)
+        num_groups = max(1, min(self.max_groups, count // 16))
+        groups = {"pixels": [], "rows": [], "extents": []}
+        for rows in torch.tensor_split(order, num_groups):
+            height, width = (int(v) for v in extents[rows].amax(0))
+            pixels = np.zeros((len(rows), height, width, 3), np.uint8)  # [n, Hp, Wp, 3], crops top-left
+            for slot, row in enumerate(rows.tolist()):
+                crop = crops[row]
+                pixels[slot, : crop.shape[0], : crop.shape[1]] = crop
+            groups["pixels"].append(torch.from_numpy(pixels))
+            groups["rows"].append(rows)
+            groups["extents"].append(extents[rows])
+        jitter = []  # (rows, op, factors) in application order: step t of every view's own order
+        for step in range(4):
+            for op in range(4):
+                rows = [n for n, p in enumerate(params) if p.jitter_order is not None and p.jitter_order[step] == op
+                        and p.jitter_factors[op] != JITTER_NEUTRAL[op]]  # fmt: skip
+                if rows:
+                    factors = torch.tensor([params[n].jitter_factors[op] for n in rows], dtype=torch.float32)
+                    jitter.append({"rows": torch.tensor(rows), "op": op, "factor": factors})
+        size = params[0].size
+        blurred = [n for n, p in enumerate(params) if p.blur_sigma is not None and p.blur_sigma > 0 and size > 1]
+        weights, radius = photometric.blur_weights(torch.tensor([params[n].blur_sigma for n in blurred]), size)
+        return {
+            "size": size,
+            "flip": torch.tensor([p.flip for p in params]),
+            **groups,
+            "jitter": jitter,
+            "grayscale": torch.tensor([n for n, p in enumerate(params) if p.grayscale], dtype=torch.long),
+            "blur": {"rows": torch.tensor(blurred, dtype=torch.long), "weights": weights, "radius": radius},
+            "solarize": torch.tensor([n for n, p in enumerate(params) if p.solarize], dtype=torch.long),
+            "count": count,
+        }
+
+    # --- device side -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def apply(packed: dict, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """The packed batch (on ``device`` or moved there, uint8) -> ``pixel_values`` [G*B, 3, S, S] and, with local
+        crops, ``local_pixel_values`` [L*B, 3, s, s]: float32, normalised, view-major. No host sync."""
+        out = {}
+        for side, key in _OUTPUT_KEYS.items():
+            if side in packed:
+                out[key] = _apply_side(packed[side], packed["mean"], packed["std"], device)
+        return out
+
+    def __call__(self, images: Sequence, seed: int = 0, device: torch.device | str | None = None) -> dict:
+        """Views of a list of images (RGB PIL or uint8 HxWx3), view v of image i drawn from ``stream_seed(seed, i,
+        v)``, computed on ``device`` (default: the CPU)."""
+        examples = [
+            self.cut(image, [torch.Generator().manual_seed(stream_seed(seed, i, v)) for v in range(self.num_views)])
+            for i, image in enumerate(images)
+        ]
+        return self.apply(self.collate(examples), device)
+
+    def __repr__(self) -> str:
+        return f"BatchedMultiCrop({self.augmentation!r}, max_groups={self.max_groups})"
+
+
+def _apply_side(side: dict, mean, std, device) -> torch.Tensor:
+    """One crop side of a packed batch -> [N, 3, S, S] normalised views."""
+    device = torch.device(device) if device is not None else side["pixels"][0].device
+
+    def to(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device, non_blocking=True)
+
+    size, count = side["size"], side["count"]
+    flip = to(side["flip"])
+    views = torch.empty(count, 3, size, size, device=device)
+    for pixels, rows, extents in zip(side["pixels"], side["rows"], side["extents"], strict=True):
+        rows = to(rows)
+        views.index_copy_(0, rows, photometric.resize_crops(to(pixels), to(extents), size, flip[rows]))
+    for step in side["jitter"]:
+        rows = to(step["rows"])
+        kernel = _JITTER_KERNELS[step["op"]]
+        views.index_copy_(0, rows, kernel(views.index_select(0, rows), to(step["factor"])))
+    rows = to(side["grayscale"])
+    if rows.numel():
+        views.index_copy_(0, rows, photometric.grayscale(views.index_select(0, rows)).expand(-1, 3, -1, -1))
+    blur = side["blur"]
+    rows = to(blur["rows"])
+    if rows.numel():
+        blurred = photometric.gaussian_blur(views.index_select(0, rows), to(blur["weights"]), blur["radius"])
+        views.index_copy_(0, rows, blurred)
+    rows = to(side["solarize"])
+    if rows.numel():
+        views.index_copy_(0, rows, photometric.solarize(views.index_select(0, rows)))
+    for channel in range(3):  # Python scalars: no host-to-device copy
+        views[:, channel].sub_(mean[channel]).div_(std[channel])
+    return views
+
+
+def views_on_device(inputs: dict, device: torch.device | str | None = None) -> dict:
+    """The training step's hook: a batch holding ``CROPS_KEY`` (packed uint8 crops and parameters) -> the same batch
+    with ``pixel_values`` / ``local_pixel_values`` computed on ``device`` (default: where the crops are); any other
+    batch is returned as is."""
+    if CROPS_KEY not in inputs:
+        return inputs
+    inputs = dict(inputs)
+    inputs.update(BatchedMultiCrop.apply(inputs.pop(CROPS_KEY), device))
+    return inputs
