@@ -229,3 +229,29 @@ def test_trainer__trains_on_device_made_views(tmp_path):
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert trainer.image_stats["images_seen"] == 8
+
+
+@pytest.mark.slow
+def test_processes__device_path_one_process_at_8_equals_two_at_4_with_workers(tmp_path):
+    """tests/scripts/train_views.py with --augment_on device: the guarantees of docs/distributed.md hold."""
+    import json
+    import sys
+
+    from tests.test_pipeline_processes import LAUNCH_2, VIEWS_SCRIPT, run, write_folder
+
+    data = write_folder(tmp_path / "data", 40, corrupt="broken.png")
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([sys.executable, VIEWS_SCRIPT, one, data, "--batch", 8, "--workers", 0, "--augment_on", "device"])
+    run(LAUNCH_2 + [VIEWS_SCRIPT, two, data, "--batch", 4, "--workers", 2, "--augment_on", "device"])
+    single_run = json.loads((one / "views_rank0.json").read_text())
+    ranks = [json.loads((two / f"views_rank{r}.json").read_text()) for r in (0, 1)]
+    for epoch in ("0", "1"):
+        merged = {**ranks[0]["views"][epoch], **ranks[1]["views"][epoch]}
+        assert merged.keys() == single_run["views"][epoch].keys() and len(merged) == 40
+        for index, digest in merged.items():  # digests of the views, rounded to 1e-4: float rounding may show
+            assert digest == pytest.approx(single_run["views"][epoch][index], abs=2e-3), (epoch, index)
+    for record in ranks:
+        first, second = record["views"]["0"], record["views"]["1"]
+        assert all(abs(first[i] - second[i]) > 1e-2 for i in set(first) & set(second))  # new views every epoch
+    for record in (single_run, *ranks):
+        assert record["image_stats"]["bad_images"] == 1 and record["bad_files"][0].endswith("broken.png)")
