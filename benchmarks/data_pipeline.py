@@ -1,33 +1,48 @@
-"""Benchmark: images/s per dataloader worker of the training data pipeline, next to JPEG decoding alone.
+"""Benchmark: what one dataloader worker delivers per second, all-CPU augmentation next to device-side augmentation.
 
-One process (= one worker, one core) reads JPEG bytes (a 500 x 375 photo-like image, quality 90, as ImageNet's
-average) through ``sop_hf.data.pipeline`` exactly as training does (decode, mode repair, crops, photometric ops,
-masks) and reports images/s for:
+One process (= one worker, one thread) reads JPEG bytes (500 x 375 photo-like images, quality 90, about ImageNet's
+average) through ``sop_hf.data.pipeline`` exactly as training does and reports, median over ``--repeats`` runs:
 
-- ``decode_only``: JPEG decoding and RGB conversion alone, the ceiling of any pipeline;
-- ``sop_2x224``: SOP's default views, 2 global 224-px crops with iBOT masks;
-- ``imagenet_2x224+10x96``: the ImageNet multi-crop recipe, 2 x 224 + 10 x 96 crops.
+- ``decode_only_img_per_s``: JPEG decoding and RGB conversion alone, the ceiling of any pipeline;
+- ``cpu_only_img_per_s_per_worker``: the ImageNet multi-crop (2 x 224 + 10 x 96, colour jitter, blur, solarize, iBOT
+  masks) made in the worker (``--augment_on cpu``), collate included;
+- ``cpu_side_img_per_s_per_worker``: all a worker does for the same recipe with ``--augment_on device`` (decode,
+  repair, every view's parameters, uint8 crops, masks, collate into padded uint8 groups);
+- ``device_side_ms_per_256_img``: the rest of the device path (``BatchedMultiCrop.apply``: resize, flip, jitter,
+  grayscale, blur, solarize, normalisation) timed here on the CPU with one thread, per 256 images;
+- ``sop_2x224_*``: the same for SOP's default views (2 x 224, masks);
+- ``demo_*_ms_per_batch``: the demo recipe (28-px Fashion-MNIST, 2 x 28 crops, batch 128), worker + augmentation
+  on this CPU, for both settings (what ``--augment_on auto`` chooses on CPU-only machines);
+- ``*_bytes_per_img``: what crosses the worker -> device boundary per image (float32 views vs uint8 crops);
+- ``max_abs_diff_device_vs_cpu``: the largest difference of the two paths' views (normalised units).
 
-A GPU step consuming B images/s needs about B / (images/s per worker) workers (``--dataloader_num_workers``).
+``--profile`` adds the top functions of one device-path worker (cProfile). ``--json`` prints one JSON object.
 
-    python benchmarks/data_pipeline.py [--quick] [--repeats 3]
+    python benchmarks/data_pipeline.py --json [--quick] [--repeats 3] [--profile]
 """
 
 import argparse
+import cProfile
 import io
+import json
+import pstats
 import time
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sop_hf.data.batched import CROPS_KEY, BatchedMultiCrop
 from sop_hf.data.images import to_rgb_image
-from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset
+from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset, collate_multicrop
 
 try:
-    from repeats import print_runs
+    from repeats import print_runs, summarize
 except ImportError:  # imported as benchmarks.data_pipeline
-    from benchmarks.repeats import print_runs
+    from benchmarks.repeats import print_runs, summarize
+
+IMAGENET_MULTICROP = dict(num_local_crops=10)
+BATCH = 16  # images per collate in the worker measurements
 
 
 def photo_like_jpeg(seed: int, width: int = 500, height: int = 375) -> bytes:
@@ -49,27 +64,126 @@ def images_per_second(fn, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def run(quick: bool = False, device: str | None = None) -> dict:
+def worker_batches(dataset, count: int):
+    """All a worker does for ``count`` images: items, then one collate per ``BATCH``."""
+
+    def run_batch(start: int):
+        return collate_multicrop([dataset[(0, i)] for i in range(start, min(count, start + BATCH))])
+
+    def rate() -> float:
+        run_batch(0)  # warm-up
+        begin = time.perf_counter()
+        for start in range(0, count, BATCH):
+            run_batch(start)
+        return count / (time.perf_counter() - begin)
+
+    return run_batch, rate
+
+
+def batch_bytes(batch: dict) -> int:
+    total = 0
+    stack = [batch]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
+
+
+def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)  # one worker = one core
-    count = 8 if quick else 48
+    count = BATCH if quick else 3 * BATCH
     rows = [{"image": photo_like_jpeg(i)} for i in range(count)]
     results = {"decode_only_img_per_s": images_per_second(lambda i: to_rgb_image(rows[i]["image"]), count)}
-    recipes = {"sop_2x224": dict(num_local_crops=0), "imagenet_2x224+10x96": dict(num_local_crops=10)}
+    recipes = {"imagenet": IMAGENET_MULTICROP, "sop_2x224": dict(num_local_crops=0)}
     for name, crops in recipes.items():
-        dataset = build_train_dataset(rows, MultiCropDataArguments(**crops), patch_size=16, seed=0, use_masks=True)
-        results[f"{name}_img_per_s_per_worker"] = images_per_second(lambda i: dataset[(0, i)], count)
-    results["imagenet_recipe_share_of_decode_ceiling"] = (
-        results["imagenet_2x224+10x96_img_per_s_per_worker"] / results["decode_only_img_per_s"]
-    )
+        paths = {}
+        for where in ("cpu", "device"):
+            args = MultiCropDataArguments(augment_on=where, **crops)
+            dataset = build_train_dataset(rows, args, patch_size=16, seed=0, use_masks=True)
+            paths[where] = worker_batches(dataset, count)
+        prefix = "" if name == "imagenet" else f"{name}_"
+        results[f"{prefix}cpu_only_img_per_s_per_worker"] = paths["cpu"][1]()
+        results[f"{prefix}cpu_side_img_per_s_per_worker"] = paths["device"][1]()
+        cpu_batch, device_batch = paths["cpu"][0](0), paths["device"][0](0)
+        results[f"{prefix}cpu_path_bytes_per_img"] = batch_bytes(cpu_batch) / BATCH
+        results[f"{prefix}device_path_bytes_per_img"] = batch_bytes(device_batch) / BATCH
+        start = time.perf_counter()
+        views = BatchedMultiCrop.apply(device_batch[CROPS_KEY])
+        results[f"{prefix}device_side_ms_per_256_img"] = (time.perf_counter() - start) * 1000 * 256 / BATCH
+        results[f"{prefix}max_abs_diff_device_vs_cpu"] = max(
+            float((views[key] - cpu_batch[key]).abs().max()) for key in views
+        )
+    results["cpu_side_share_of_decode"] = results["cpu_side_img_per_s_per_worker"] / results["decode_only_img_per_s"]
+    results["cpu_only_share_of_decode"] = results["cpu_only_img_per_s_per_worker"] / results["decode_only_img_per_s"]
+    results.update(demo_costs())
     return results
+
+
+def demo_costs() -> dict:
+    """The demo recipe on this CPU: ms per batch of 128, worker + augmentation, for both settings."""
+    from sop_hf.data.sources import load_image_dataset
+
+    rows = load_image_dataset("embedded", split="train").select(range(128))
+    out = {}
+    for where in ("cpu", "device"):
+        args = MultiCropDataArguments(augment_on=where, global_crop_size=28, global_crop_scale=[0.3, 1.0],
+                                      solarize_prob=0.0)  # fmt: skip
+        dataset = build_train_dataset(rows, args, patch_size=4, seed=0, use_masks=True)
+        collate_multicrop([dataset[(0, i)] for i in range(8)])  # warm-up
+        start = time.perf_counter()
+        batch = collate_multicrop([dataset[(0, i)] for i in range(128)])
+        if CROPS_KEY in batch:
+            BatchedMultiCrop.apply(batch[CROPS_KEY])
+        out[f"demo_{where}_path_ms_per_batch"] = (time.perf_counter() - start) * 1000
+    return out
+
+
+def profile_worker(top: int = 15) -> str:
+    """cProfile of one device-path worker making ImageNet multi-crop batches: where its time goes."""
+    torch.set_num_threads(1)
+    rows = [{"image": photo_like_jpeg(i)} for i in range(2 * BATCH)]
+    dataset = build_train_dataset(rows, MultiCropDataArguments(augment_on="device", **IMAGENET_MULTICROP),
+                                  patch_size=16, seed=0, use_masks=True)  # fmt: skip
+    run_batch, _ = worker_batches(dataset, 2 * BATCH)
+    run_batch(0)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_batch(0)
+    run_batch(BATCH)
+    profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
+    return stream.getvalue()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=1, help="Independent runs; prints median and range.")
+    parser.add_argument("--repeats", type=int, default=3, help="Independent runs; prints median and range.")
+    parser.add_argument("--json", action="store_true", help="One JSON object: medians, plus 'range' [min, max].")
+    parser.add_argument("--profile", action="store_true", help="Also profile one device-path worker (cProfile).")
     args = parser.parse_args()
-    print_runs([run(args.quick) for _ in range(max(1, args.repeats))], spec="{:.3g}")
+    runs = [run(args.quick) for _ in range(max(1, args.repeats))]
+    if args.json:
+        keys = list(runs[0])
+        summaries = {key: summarize([r[key] for r in runs]) for key in keys}
+        record = {key: round(s["median"], 4) for key, s in summaries.items()}
+        record["range"] = {key: [round(s["min"], 4), round(s["max"], 4)] for key, s in summaries.items()}
+        record["runs"] = len(runs)
+        record["threads"] = 1
+        record["image"] = "500x375 photo-like JPEG, quality 90"
+        if args.profile:
+            record["profile_device_path_worker"] = profile_worker()
+        print(json.dumps(record, indent=1))
+    else:
+        print_runs(runs, spec="{:.4g}")
+        if args.profile:
+            print(profile_worker())
 
 
 if __name__ == "__main__":
