@@ -161,6 +161,87 @@ def profile_worker(top: int = 15) -> str:
     return stream.getvalue()
 
 
+def gpu_feed(device: str = "cuda", dry: bool = False, workers: int = 16, steps: int = 20) -> dict:
+    """The GPU kit's data section (benchmarks/gpu_check.py): batched augmentation img/s on ``device``, and the share
+    of a ViT-S/16 multi-crop training step (2 x 224 + 10 x 96, batch 64, bf16) spent waiting for the dataloader with
+    ``workers`` workers, for ``--augment_on device`` and ``cpu``. ``dry``: tiny sizes on CPU (seconds)."""
+    from sop_hf import SOPConfig, SOPForPreTraining
+    from sop_hf.data.batched import views_on_device
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if dry:
+        config = SOPConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           head_hidden_size=48, head_output_size=16, class_memory_size=256, num_anchors=16,
+                           patch_memory_size=64, num_patch_anchors=8)  # fmt: skip
+        crops, batch, aug_batch, workers, steps = dict(global_crop_size=32, local_crop_size=16, num_local_crops=2), 4, 8, 0, 1
+    else:
+        config = SOPConfig.from_preset("vit_small")
+        crops, batch, aug_batch = IMAGENET_MULTICROP, 64, 256
+    rows = [{"image": photo_like_jpeg(i, *((64, 48) if dry else (500, 375)))} for i in range(aug_batch)]
+    result = {"workers": workers, "batch": batch}
+    # 1. batched augmentation alone: a packed batch of aug_batch images, pinned, copied and augmented on the device
+    dataset = build_train_dataset(rows, MultiCropDataArguments(augment_on="device", **crops),
+                                  patch_size=config.patch_size, seed=0, use_masks=True)  # fmt: skip
+    packed = collate_multicrop([dataset[(0, i)] for i in range(aug_batch)])
+    if cuda:
+        packed = torch.utils.data._utils.pin_memory.pin_memory(packed)
+    times = []
+    for _ in range(2 if dry else 6):
+        sync()
+        start = time.perf_counter()
+        views_on_device({key: value for key, value in packed.items()}, device)
+        sync()
+        times.append(time.perf_counter() - start)
+    aug_s = sorted(times[1:])[len(times[1:]) // 2]
+    result["batched_augmentation_img_per_s"] = aug_batch / aug_s
+    result["device_side_ms_per_256_img"] = aug_s * 1000 * 256 / aug_batch
+    # 2. the training step fed by a DataLoader: time in next(loader) over the whole step
+    model = SOPForPreTraining(config).to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=cuda)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+    for where in ("device", "cpu"):
+        dataset = build_train_dataset(rows, MultiCropDataArguments(augment_on=where, **crops),
+                                      patch_size=config.patch_size, seed=0, use_masks=True)  # fmt: skip
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=batch * (steps + 3))  # fmt: skip
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                                             collate_fn=collate_multicrop, pin_memory=cuda, drop_last=True)  # fmt: skip
+        iterator, waited, total = iter(loader), 0.0, 0.0
+        warmup = 1 if dry else 3  # the first batches include the workers' start
+        for step in range(steps + warmup):
+            start = time.perf_counter()
+            inputs = next(iterator)
+            got = time.perf_counter()
+            inputs = {k: v for k, v in inputs.items() if k not in ("sample_index", "image_status")}
+            inputs = torch.utils.data._utils.collate.default_convert(inputs)
+            inputs = _to_device(inputs, device)
+            with autocast:
+                loss = model(**views_on_device(inputs, device)).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            if step >= warmup:
+                waited += got - start
+                total += time.perf_counter() - start
+        result[f"data_wait_fraction_{where}_path"] = waited / total
+        result[f"step_s_{where}_path"] = total / steps
+    step_s = result["step_s_device_path"] * (1 - result["data_wait_fraction_device_path"])
+    result["device_augmentation_pct_of_step"] = 100 * aug_s * batch / aug_batch / step_s
+    return result
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -172,8 +253,8 @@ def main() -> None:
     if args.json:
         keys = list(runs[0])
         summaries = {key: summarize([r[key] for r in runs]) for key in keys}
-        record = {key: round(s["median"], 4) for key, s in summaries.items()}
-        record["range"] = {key: [round(s["min"], 4), round(s["max"], 4)] for key, s in summaries.items()}
+        record = {key: float(f"{s['median']:.4g}") for key, s in summaries.items()}
+        record["range"] = {key: [float(f"{s['min']:.4g}"), float(f"{s['max']:.4g}")] for key, s in summaries.items()}
         record["runs"] = len(runs)
         record["threads"] = 1
         record["image"] = "500x375 photo-like JPEG, quality 90"

@@ -161,6 +161,22 @@ def test_batched_multicrop__errors():
         resolve_augment_on("gpu")
 
 
+def test_resolve_augment_on__auto_is_device_on_an_accelerator_only():
+    assert MultiCropDataArguments().augment_on == "auto"
+    assert resolve_augment_on("auto") == ("device" if torch.cuda.is_available() else "cpu")
+    assert resolve_augment_on("auto", streaming=True) == "cpu"
+    assert resolve_augment_on("device", streaming=True) == "device" and resolve_augment_on("cpu") == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_multicrop__on_cuda_equals_the_cpu_views():
+    augment = BatchedMultiCrop(global_crop_size=32, local_crop_size=16, num_local_crops=2)
+    images = _mixed_images()
+    on_cpu, on_cuda = augment(images, seed=0), augment(images, seed=0, device="cuda")
+    for key in on_cpu:
+        assert on_cuda[key].device.type == "cuda" and torch.allclose(on_cuda[key].cpu(), on_cpu[key], atol=1e-4)
+
+
 # -------------------------------------------------------------------------------------------- training pipeline
 def _rows(count: int = 8):
     rng = np.random.default_rng(0)
