@@ -34,7 +34,11 @@ from PIL import Image
 
 from sop_hf.data.batched import CROPS_KEY, BatchedMultiCrop
 from sop_hf.data.images import to_rgb_image
-from sop_hf.data.pipeline import MultiCropDataArguments, build_train_dataset, collate_multicrop
+from sop_hf.data.pipeline import (
+    MultiCropDataArguments,
+    build_train_dataset,
+    collate_multicrop,
+)
 
 try:
     from repeats import print_runs, summarize

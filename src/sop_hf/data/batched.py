@@ -34,9 +34,14 @@ import torch
 
 from ..seeding import stream_seed
 from . import photometric
-from .augmentations import JITTER_NEUTRAL, MultiCropAugmentation, ViewParams, as_rgb_array
+from .augmentations import (
+    JITTER_NEUTRAL,
+    MultiCropAugmentation,
+    ViewParams,
+    as_rgb_array,
+)
 
-__all__ = ["BatchedMultiCrop", "CROPS_KEY", "views_on_device"]
+__all__ = ["CROPS_KEY", "BatchedMultiCrop", "views_on_device"]
 
 CROPS_KEY = "multicrop"  # the batch key holding the packed crops and parameters (popped by ``views_on_device``)
 _JITTER_KERNELS = (photometric.adjust_brightness, photometric.adjust_contrast, photometric.adjust_saturation,

@@ -22,8 +22,8 @@ __all__ = [
     "blur_weights",
     "gaussian_blur",
     "grayscale",
-    "resize_weights",
     "resize_crops",
+    "resize_weights",
     "solarize",
 ]
 
