@@ -116,6 +116,7 @@ def run(quick: bool = False) -> dict:
         cpu_batch, device_batch = paths["cpu"][0](0), paths["device"][0](0)
         results[f"{prefix}cpu_path_bytes_per_img"] = batch_bytes(cpu_batch) / BATCH
         results[f"{prefix}device_path_bytes_per_img"] = batch_bytes(device_batch) / BATCH
+        results[f"{prefix}device_side_resize_gflop_per_img"] = resize_flop(device_batch[CROPS_KEY]) / BATCH / 1e9
         start = time.perf_counter()
         views = BatchedMultiCrop.apply(device_batch[CROPS_KEY])
         results[f"{prefix}device_side_ms_per_256_img"] = (time.perf_counter() - start) * 1000 * 256 / BATCH
@@ -126,6 +127,18 @@ def run(quick: bool = False) -> dict:
     results["cpu_only_share_of_decode"] = results["cpu_only_img_per_s_per_worker"] / results["decode_only_img_per_s"]
     results.update(demo_costs())
     return results
+
+
+def resize_flop(packed: dict) -> int:
+    """Floating-point operations of the device-side resize of a packed batch (2 per multiply-add): per size group,
+    rows then columns, n * 3 * S * Hc * (Wc + S) multiply-adds."""
+    total = 0
+    for side in ("global", "local"):
+        if side in packed:
+            size = packed[side]["size"]
+            for rows, (height, width) in zip(packed[side]["rows"], packed[side]["extent"], strict=True):
+                total += 2 * len(rows) * 3 * size * height * (width + size)
+    return total
 
 
 def demo_costs() -> dict:

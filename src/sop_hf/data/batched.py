@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..seeding import stream_seed
 from . import photometric
@@ -93,10 +94,16 @@ class BatchedMultiCrop:
             generator: as ``MultiCropAugmentation.__call__``: one generator, one per view, or None.
 
         Returns:
-            ``{"image": uint8 [H, W, 3] array, "params": [ViewParams]}``, globals first.
+            ``{"image": the RGB image or uint8 [H, W, 3] array, "shape": (H, W), "params": [ViewParams]}``,
+            views globals first.
         """
-        array = as_rgb_array(image)
-        return {"image": array, "params": self.augmentation.draw_views(array.shape[0], array.shape[1], generator)}
+        if isinstance(image, Image.Image) and image.mode == "RGB" and min(image.size) >= 1:
+            height, width = image.height, image.width  # kept as is: collate reads its bytes once
+        else:
+            image = as_rgb_array(image)  # validates (a clear error for other modes and dtypes)
+            height, width = image.shape[:2]
+        return {"image": image, "shape": (height, width),
+                "params": self.augmentation.draw_views(height, width, generator)}  # fmt: skip
 
     def collate(self, examples: Sequence[dict]) -> dict:
         """Examples of ``cut`` -> the packed batch ``apply`` takes: the images' pixels in one flat uint8 tensor,
@@ -104,17 +111,17 @@ class BatchedMultiCrop:
         (view 0 of every image, then view 1 ...)."""
         if not examples:
             raise ValueError("BatchedMultiCrop.collate got an empty batch")
-        arrays = [e["image"] for e in examples]
-        sizes = [a.shape[0] * a.shape[1] for a in arrays]
+        shapes = [e["shape"] for e in examples]
+        sizes = [height * width for height, width in shapes]
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()  # first pixel of each image in the buffer
-        packed = {"pixels": torch.from_numpy(np.concatenate([a.reshape(-1, 3) for a in arrays])),  # [P, 3] uint8
+        packed = {"pixels": _flat_pixels(examples, 3 * sum(sizes)),  # [P, 3] uint8
                   "mean": self.augmentation.mean, "std": self.augmentation.std}  # fmt: skip
         num_global = self.augmentation.num_global_crops
         sides = {"global": range(num_global), "local": range(num_global, self.num_views)}
         for side, views in sides.items():
             if len(views):
                 params = [e["params"][v] for v in views for e in examples]  # view-major
-                source = [(starts[i], arrays[i].shape[1]) for _ in views for i in range(len(examples))]
+                source = [(starts[i], shapes[i][1]) for _ in views for i in range(len(examples))]
                 packed[side] = self._pack(params, source)
         return packed
 
@@ -130,14 +137,16 @@ class BatchedMultiCrop:
             groups["boxes"].append(boxes[rows])
             groups["source"].append(where[rows])
             groups["extent"].append(tuple(int(v) for v in boxes[rows, 2:].amax(0)))  # (Hc, Wc), host ints
+        none = (-1, -1, -1, -1)
+        orders = torch.tensor([p.jitter_order or none for p in params], dtype=torch.long)  # [N, 4], -1: no jitter
+        factors = torch.tensor([p.jitter_factors or JITTER_NEUTRAL for p in params], dtype=torch.float64)  # [N, 4]
+        active = factors != torch.tensor(JITTER_NEUTRAL, dtype=torch.float64)  # neutral factors are skipped
         jitter = []  # (rows, op, factors) in application order: step t of every view's own order
         for step in range(4):
             for op in range(4):
-                rows = [n for n, p in enumerate(params) if p.jitter_order is not None and p.jitter_order[step] == op
-                        and p.jitter_factors[op] != JITTER_NEUTRAL[op]]  # fmt: skip
-                if rows:
-                    factors = torch.tensor([params[n].jitter_factors[op] for n in rows], dtype=torch.float32)
-                    jitter.append({"rows": torch.tensor(rows), "op": op, "factor": factors})
+                rows = ((orders[:, step] == op) & active[:, op]).nonzero().squeeze(1)
+                if rows.numel():
+                    jitter.append({"rows": rows, "op": op, "factor": factors[rows, op].float()})
         size = params[0].size
         blurred = [n for n, p in enumerate(params) if p.blur_sigma is not None and p.blur_sigma > 0 and size > 1]
         weights, radius = photometric.blur_weights(torch.tensor([params[n].blur_sigma for n in blurred]), size)
@@ -174,6 +183,21 @@ class BatchedMultiCrop:
 
     def __repr__(self) -> str:
         return f"BatchedMultiCrop({self.augmentation!r}, max_groups={self.max_groups})"
+
+
+def _flat_pixels(examples: Sequence[dict], total: int) -> torch.Tensor:
+    """The images' RGB bytes one after the other -> [P, 3] uint8; in a dataloader worker the buffer is allocated in
+    shared memory (as ``default_collate`` does), so handing the batch to the main process copies nothing."""
+    if torch.utils.data.get_worker_info() is not None:
+        flat = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(total), 0, (total,), (1,))
+    else:
+        flat = torch.empty(total, dtype=torch.uint8)
+    array, offset = flat.numpy(), 0
+    for example in examples:
+        data = np.frombuffer(example["image"].tobytes(), np.uint8)
+        array[offset : offset + data.size] = data
+        offset += data.size
+    return flat.view(-1, 3)
 
 
 def _cut_crops(pixels: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor, extent: tuple[int, int]):
