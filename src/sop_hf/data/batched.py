@@ -126,8 +126,12 @@ class BatchedMultiCrop:
         return packed
 
     def _pack(self, params: list[ViewParams], source: list[tuple[int, int]]) -> dict:
-        count = len(params)
-        boxes = torch.tensor([[p.top, p.left, p.height, p.width] for p in params], dtype=torch.long)  # [N, 4]
+        count, size = len(params), params[0].size
+        none = (-1, -1, -1, -1)
+        table = torch.from_numpy(np.array(
+            [(*p[:4], p.flip, p.grayscale, p.solarize, p.blur_sigma or 0.0, *(p.jitter_order or none),
+              *(p.jitter_factors or JITTER_NEUTRAL)) for p in params], dtype=np.float64))  # [N, 16], one row a view
+        boxes = table[:, :4].long()  # [N, 4]: top, left, height, width
         where = torch.tensor(source, dtype=torch.long)  # [N, 2]: first pixel and width of the crop's image
         order = torch.argsort(boxes[:, 2] * boxes[:, 3], stable=True)
         num_groups = max(1, min(self.max_groups, count // 16))
@@ -137,9 +141,7 @@ class BatchedMultiCrop:
             groups["boxes"].append(boxes[rows])
             groups["source"].append(where[rows])
             groups["extent"].append(tuple(int(v) for v in boxes[rows, 2:].amax(0)))  # (Hc, Wc), host ints
-        none = (-1, -1, -1, -1)
-        orders = torch.tensor([p.jitter_order or none for p in params], dtype=torch.long)  # [N, 4], -1: no jitter
-        factors = torch.tensor([p.jitter_factors or JITTER_NEUTRAL for p in params], dtype=torch.float64)  # [N, 4]
+        orders, factors = table[:, 8:12].long(), table[:, 12:16]  # [N, 4] each; order -1: no jitter
         active = factors != torch.tensor(JITTER_NEUTRAL, dtype=torch.float64)  # neutral factors are skipped
         jitter = []  # (rows, op, factors) in application order: step t of every view's own order
         for step in range(4):
@@ -147,18 +149,18 @@ class BatchedMultiCrop:
                 rows = ((orders[:, step] == op) & active[:, op]).nonzero().squeeze(1)
                 if rows.numel():
                     jitter.append({"rows": rows, "op": op, "factor": factors[rows, op].float()})
-        size = params[0].size
-        blurred = [n for n, p in enumerate(params) if p.blur_sigma is not None and p.blur_sigma > 0 and size > 1]
-        weights, radius = photometric.blur_weights(torch.tensor([params[n].blur_sigma for n in blurred]), size)
+        sigma = table[:, 7]
+        blurred = (sigma > 0).nonzero().squeeze(1) if size > 1 else torch.zeros(0, dtype=torch.long)
+        weights, radius = photometric.blur_weights(sigma[blurred], size)
         return {
             "size": size,
             "count": count,
-            "flip": torch.tensor([p.flip for p in params]),
+            "flip": table[:, 4] > 0,
             **groups,
             "jitter": jitter,
-            "grayscale": torch.tensor([n for n, p in enumerate(params) if p.grayscale], dtype=torch.long),
-            "blur": {"rows": torch.tensor(blurred, dtype=torch.long), "weights": weights, "radius": radius},
-            "solarize": torch.tensor([n for n, p in enumerate(params) if p.solarize], dtype=torch.long),
+            "grayscale": (table[:, 5] > 0).nonzero().squeeze(1),
+            "blur": {"rows": blurred, "weights": weights, "radius": radius},
+            "solarize": (table[:, 6] > 0).nonzero().squeeze(1),
         }
 
     # --- device side -----------------------------------------------------------------------------------------------
