@@ -14,10 +14,13 @@ Sections (the order is the priority: later ones get what time is left):
   4. feature extraction vs transformers ViTModel (same weights, SDPA), fp32 and bf16;
   5. ViT-B/16 pretraining step MFU in bf16 (FLOPs counted), eager;
   6. a time-boxed tiny-ViT Fashion-MNIST pretraining: k-NN top-1 vs random init;
-  7. the MFU of (5) with both encoders under torch.compile (the full forward's compile is a test in 1);
+  7. the data pipeline (issue 26): batched augmentation img/s on the GPU and the share of a ViT-S/16 multi-crop
+     step spent waiting for 16 dataloader workers, device-side vs all-CPU augmentation;
   8. FSDP2: the main job under ``accelerate launch --use_fsdp --fsdp_version 2`` on one GPU (6 steps, a resume from
-     the sharded checkpoint of step 4, the export), and the CPU harness benchmarks/fsdp2_parity.py. It comes last in
-     the 8-minute table; ``python benchmarks/gpu_check.py --only fsdp2`` runs it alone.
+     the sharded checkpoint of step 4, the export), and the CPU harness benchmarks/fsdp2_parity.py
+     (``python benchmarks/gpu_check.py --only fsdp2`` runs it alone);
+  9. the MFU of (5) with both encoders under torch.compile (the full forward's compile is a test in 1): what is left
+     of the 8 minutes, ``--only mfu_compile`` to run it alone.
 """
 
 import argparse
@@ -38,7 +41,8 @@ REPO = BENCHMARKS.parent
 TOTAL_BUDGET_S = 465  # 8 minutes less the install step of gpu_check.sh
 RESULT_PREFIX = "gpu_check_result: "
 # (name, cap in seconds on the GPU machine, cap in the CPU dry run). The last section, the compiled MFU (compilation
-# of ViT-B/16 takes a minute or more), gets whatever the others left of TOTAL_BUDGET_S: at least 80 s.
+# of ViT-B/16 takes a minute or more), gets whatever the others left of TOTAL_BUDGET_S: nothing if every section
+# used its whole cap (their caps add up to 595 s), so `--only mfu_compile` (or `--only fsdp2`) runs one alone.
 SECTIONS = [
     ("cuda_tests", 75, 60),
     ("sop_loss", 55, 60),
@@ -46,8 +50,9 @@ SECTIONS = [
     ("feature_extraction", 30, 60),
     ("mfu", 40, 60),
     ("fmnist", 150, 90),
-    ("mfu_compile", None, 60),
+    ("data_pipeline", 60, 60),
     ("fsdp2", 150, 90),
+    ("mfu_compile", None, 60),
 ]
 GOALS = {
     "sop_loss_speedup_vs_dense": (">=", 5.0),
@@ -57,6 +62,7 @@ GOALS = {
     "mfu_compiled_pct": (">=", 45.0),
     "feature_extraction_ratio_vs_vit": (">=", 1.0),
     "feature_extraction_ratio_vs_vit_bf16": (">=", 1.0),
+    "device_augmentation_pct_of_step": ("<=", 5.0),
 }
 
 
@@ -252,6 +258,23 @@ def section_fsdp2(dry: bool, device: str) -> list[tuple]:
          "ok" if type(encoder).__name__ == "SOPModel" else "FAIL"),
     ]  # fmt: skip
     return rows
+
+
+def section_data_pipeline(dry: bool, device: str) -> list[tuple]:
+    """Issue 26: device-side augmentation throughput, its share of a step, and the step's wait for data."""
+    import data_pipeline
+    from repeats import summarize
+
+    r = data_pipeline.gpu_feed(device, dry=dry)
+    scope = "tiny (dry run)" if dry else "ViT-S/16, 2 x 224 + 10 x 96, batch 64, bf16, 500 x 375 JPEGs"
+    return [
+        ("batched augmentation on the device (img/s; ms per 256 img)",
+         f"{r['batched_augmentation_img_per_s']:.0f}; {r['device_side_ms_per_256_img']:.1f}", "", ""),
+        (f"step waiting for data, {r['workers']} workers, device-side / CPU augmentation, {scope}",
+         f"{100 * r['data_wait_fraction_device_path']:.1f} % / {100 * r['data_wait_fraction_cpu_path']:.1f} % "
+         f"(step {r['step_s_device_path']:.3f} / {r['step_s_cpu_path']:.3f} s)", "", ""),
+        ("device_augmentation_pct_of_step", summarize([r["device_augmentation_pct_of_step"]]), "{:.1f}"),
+    ]  # fmt: skip
 
 
 def run_sections(names: list[str], dry: bool, device: str, data_dir: str | None) -> None:

@@ -293,6 +293,19 @@ def test_multicrop__reproducible_with_the_same_seed():
     assert not any(torch.equal(a, c) for a, c in zip(first[0] + first[1], other[0] + other[1], strict=True))
 
 
+def test_multicrop__random_streams_are_unchanged():
+    """Golden values (sums of each view) of the views as first drawn: a change of the draws' order or number (which
+    would change every trained run's views) fails here. data.batched reuses these draws."""
+    augment = MultiCropAugmentation(global_crop_size=16, local_crop_size=8, num_local_crops=2, color_jitter_prob=1.0,
+                                    grayscale_prob=0.5, local_blur_prob=1.0, global_solarize_probs=(0.5,))  # fmt: skip
+    image = _noise_image()
+    per_view = augment(image, [_gen(v) for v in range(4)])
+    shared = augment(image, _gen(0))
+    assert [float(c.sum()) for c in per_view[0] + per_view[1]] == pytest.approx([-300.915, -300.405, -33.782, -7.797],
+                                                                                abs=2e-3)  # fmt: skip
+    assert [float(c.sum()) for c in shared[0] + shared[1]] == pytest.approx([-300.915, -523.903, 85.924, -8.241], abs=2e-3)
+
+
 @pytest.mark.parametrize("size", [(5, 7), (1, 1), (2, 300)])
 def test_multicrop__tiny_and_thin_images_upsample(size):
     augment = MultiCropAugmentation(num_local_crops=2)  # 224 / 96 px crops of a tiny image

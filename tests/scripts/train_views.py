@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
 from sop_hf.data import MultiCropDataArguments, build_train_dataset, collate_multicrop, load_image_dataset  # noqa: E402
+from sop_hf.data.batched import views_on_device  # noqa: E402
 from sop_hf.data.pipeline import views_digest  # noqa: E402
 from sop_hf.training import SOPTrainer, SOPTrainingArguments  # noqa: E402
 
@@ -33,6 +34,7 @@ class RecordingTrainer(SOPTrainer):
     views: dict[int, dict[int, float]] = {}
 
     def compute_loss(self, model, inputs, *args, **kwargs):
+        inputs = views_on_device(inputs)  # --augment_on device: the views the model will see
         if model.training:
             epoch = int(math.floor(self.state.epoch + 1e-9))
             self.views.setdefault(epoch, {}).update(views_digest(inputs["pixel_values"], inputs["sample_index"]))
@@ -46,11 +48,10 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--augment_on", default="auto")
     args = parser.parse_args()
-    data = build_train_dataset(
-        load_image_dataset(args.data_dir), MultiCropDataArguments(global_crop_size=16, global_crop_scale=[0.5, 1.0]),
-        patch_size=8, seed=11, use_masks=True,
-    )  # fmt: skip
+    crops = MultiCropDataArguments(global_crop_size=16, global_crop_scale=[0.5, 1.0], augment_on=args.augment_on)
+    data = build_train_dataset(load_image_dataset(args.data_dir), crops, patch_size=8, seed=11, use_masks=True)
     training_args = SOPTrainingArguments(
         output_dir=args.out_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch,
         dataloader_num_workers=args.workers, learning_rate=1e-3, warmup_steps=1, logging_steps=1, use_cpu=True,

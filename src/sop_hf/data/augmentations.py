@@ -27,6 +27,7 @@ approximation); the random stream is a ``torch.Generator``'s, not torchvision's.
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,11 +38,14 @@ from PIL import Image
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "JITTER_NEUTRAL",
     "MultiCropAugmentation",
+    "ViewParams",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
+    "as_rgb_array",
     "gaussian_blur",
     "hsv_to_rgb",
     "random_resized_crop_params",
@@ -188,7 +192,51 @@ def solarize(image: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
     return torch.where(image >= threshold, 1.0 - image, image)
 
 
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+JITTER_NEUTRAL = (1.0, 1.0, 1.0, 0.0)  # factors that leave the image unchanged (the op is skipped)
+
+
+class ViewParams(NamedTuple):
+    """Every random choice behind one view: crop box in the source image, target side, and the photometric draws.
+
+    ``jitter_order`` / ``jitter_factors`` are None when the colour jitter is not applied; otherwise the order is a
+    permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue) and the factors are indexed by op. ``blur_sigma``
+    is None when the view is not blurred. (A named tuple: the worker makes a dozen per image.)
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    size: int
+    flip: bool
+    jitter_order: tuple[int, ...] | None
+    jitter_factors: tuple[float, float, float, float] | None
+    grayscale: bool
+    blur_sigma: float | None
+    solarize: bool
+
+
 # ------------------------------------------------------------------------------------------------ multi-crop
+def as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An RGB PIL image or a uint8 HxWx3 array -> a writable uint8 [H, W, 3] array (other modes are rejected)."""
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            raise ValueError(f"image must be RGB (use data.images.to_rgb_image first), got mode {image.mode!r}")
+        array = np.array(image)  # [H, W, 3] uint8, a writable copy
+    else:
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+            raise ValueError(
+                f"image array must be uint8 HxWx3, got dtype {array.dtype} and shape {tuple(array.shape)}"
+            )
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"image must be at least 1x1 pixel, got {array.shape[1]}x{array.shape[0]}")
+    if not array.flags.writeable:
+        array = array.copy()
+    return np.ascontiguousarray(array)
+
+
 def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
     if len(value) != 2 or not low <= value[0] <= value[1] <= high:
         raise ValueError(f"{name} must be (min, max) with {low} <= min <= max <= {high}, got {tuple(value)}")
@@ -299,49 +347,71 @@ class MultiCropAugmentation:
         self._mean = torch.tensor(self.mean).view(3, 1, 1)
         self._std = torch.tensor(self.std).view(3, 1, 1)
 
-    def _color_jitter(self, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """torchvision ``ColorJitter``: a random order of the four ops, each with its own random factor."""
-        order = torch.randperm(4, generator=generator).tolist()
-        factors = [
-            _uniform(max(0.0, 1 - self.brightness), 1 + self.brightness, generator),
-            _uniform(max(0.0, 1 - self.contrast), 1 + self.contrast, generator),
-            _uniform(max(0.0, 1 - self.saturation), 1 + self.saturation, generator),
-            _uniform(-self.hue, self.hue, generator),
-        ]
-        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-        neutral = (1.0, 1.0, 1.0, 0.0)
-        for index in order:
-            if factors[index] != neutral[index]:
-                image = ops[index](image, factors[index])
-        return image
+    def draw_view(
+        self, height: int, width: int, view: int, generator: torch.Generator | None = None
+    ) -> ViewParams:
+        """Every random choice of view ``view`` (globals first, then locals) of an height x width image.
 
-    def _crop(
-        self,
-        pixels: torch.Tensor,
-        size: int,
-        scale: tuple[float, float],
-        blur_prob: float,
-        solarize_prob: float,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        """pixels: [H, W, 3] uint8 -> one augmented, normalised crop [3, size, size] float32."""
-        top, left, h, w = random_resized_crop_params(pixels.shape[0], pixels.shape[1], scale, self.aspect_ratio,
-                                                     generator)  # fmt: skip
+        The draws come in a fixed order from ``generator``: crop box, flip, jitter (apply; then order and the four
+        factors), grayscale, blur (apply; then sigma), solarize. Both the per-image path (``__call__``) and the
+        batched one (``data.batched.BatchedMultiCrop``) use this, so a seed gives the same views in both.
+        """
+        is_global = view < self.num_global_crops
+        if is_global:
+            size, scale = self.global_crop_size, self.global_crop_scale
+            blur_prob = self.global_blur_probs[min(view, len(self.global_blur_probs) - 1)]
+            solarize_prob = self.global_solarize_probs[min(view, len(self.global_solarize_probs) - 1)]
+        else:
+            size, scale, blur_prob, solarize_prob = self.local_crop_size, self.local_crop_scale, self.local_blur_prob, 0.0
+        top, left, h, w = random_resized_crop_params(height, width, scale, self.aspect_ratio, generator)
+        # Consecutive draws of one dtype come from one call: CPU generators fill small tensors element by element,
+        # so rand(2) equals two rand(()) calls (tested); a worker makes ~6 calls per view instead of ~11.
+        flip_draw, jitter_draw = torch.rand(2, generator=generator).tolist()
+        flip = flip_draw < self.flip_prob
+        order = factors = None
+        if jitter_draw < self.color_jitter_prob:  # torchvision ColorJitter: a random order, a factor per op
+            order = tuple(torch.randperm(4, generator=generator).tolist())
+            draws = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+            ranges = ((max(0.0, 1 - self.brightness), 1 + self.brightness),
+                      (max(0.0, 1 - self.contrast), 1 + self.contrast),
+                      (max(0.0, 1 - self.saturation), 1 + self.saturation), (-self.hue, self.hue))  # fmt: skip
+            factors = tuple(low + (high - low) * u for (low, high), u in zip(ranges, draws, strict=True))
+        gray_draw, blur_draw = torch.rand(2, generator=generator).tolist()
+        gray = gray_draw < self.grayscale_prob
+        sigma = _uniform(self.blur_sigma[0], self.blur_sigma[1], generator) if blur_draw < blur_prob else None
+        solarize_view = float(torch.rand((), generator=generator)) < solarize_prob
+        return ViewParams(top, left, h, w, size, flip, order, factors, gray, sigma, solarize_view)
+
+    def apply_view(self, pixels: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        """pixels: [H, W, 3] uint8 -> the view ``params`` describes, [3, size, size] float32, normalised."""
+        top, left, h, w, size = params.top, params.left, params.height, params.width, params.size
         region = pixels[top : top + h, left : left + w].permute(2, 0, 1).unsqueeze(0).float()  # [1, 3, h, w], 0..255
         crop = F.interpolate(region, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
         crop = crop.squeeze(0).mul_(1.0 / 255.0).clamp_(0.0, 1.0).contiguous()  # [3, size, size]
-        rand = lambda: float(torch.rand((), generator=generator))  # noqa: E731
-        if rand() < self.flip_prob:
+        if params.flip:
             crop = crop.flip(-1)
-        if rand() < self.color_jitter_prob:
-            crop = self._color_jitter(crop, generator)
-        if rand() < self.grayscale_prob:
+        if params.jitter_order is not None:
+            for index in params.jitter_order:
+                if params.jitter_factors[index] != JITTER_NEUTRAL[index]:
+                    crop = _JITTER_OPS[index](crop, params.jitter_factors[index])
+        if params.grayscale:
             crop = _grayscale(crop).expand(3, -1, -1).clone()
-        if rand() < blur_prob:
-            crop = gaussian_blur(crop, _uniform(self.blur_sigma[0], self.blur_sigma[1], generator))
-        if rand() < solarize_prob:
+        if params.blur_sigma is not None:
+            crop = gaussian_blur(crop, params.blur_sigma)
+        if params.solarize:
             crop = solarize(crop)
         return crop.sub_(self._mean).div_(self._std)
+
+    def draw_views(self, height: int, width: int, generator=None) -> list[ViewParams]:
+        """``draw_view`` for every view; ``generator`` as in ``__call__`` (one, a sequence of one per view, None)."""
+        num_views = self.num_global_crops + self.num_local_crops
+        if isinstance(generator, Sequence):
+            if len(generator) != num_views:
+                raise ValueError(f"expected one generator per crop ({num_views}), got {len(generator)}")
+            generators = list(generator)
+        else:
+            generators = [generator] * num_views
+        return [self.draw_view(height, width, view, gen) for view, gen in enumerate(generators)]
 
     def __call__(
         self, image: Image.Image | np.ndarray, generator: torch.Generator | Sequence[torch.Generator] | None = None
@@ -359,39 +429,10 @@ class MultiCropAugmentation:
         Returns:
             (global crops, local crops): lists of float32 [3, S, S] tensors, normalised.
         """
-        if isinstance(image, Image.Image):
-            if image.mode != "RGB":
-                raise ValueError(f"image must be RGB (use data.images.to_rgb_image first), got mode {image.mode!r}")
-            array = np.array(image)  # [H, W, 3] uint8, a writable copy
-        else:
-            array = np.asarray(image)
-            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
-                raise ValueError(
-                    f"image array must be uint8 HxWx3, got dtype {array.dtype} and shape {tuple(array.shape)}"
-                )
-        if array.shape[0] < 1 or array.shape[1] < 1:
-            raise ValueError(f"image must be at least 1x1 pixel, got {array.shape[1]}x{array.shape[0]}")
-        if not array.flags.writeable:
-            array = array.copy()
+        array = as_rgb_array(image)
         pixels = torch.from_numpy(np.ascontiguousarray(array))  # [H, W, 3] uint8, no float copy of the full image
-        num_views = self.num_global_crops + self.num_local_crops
-        if isinstance(generator, Sequence):
-            if len(generator) != num_views:
-                raise ValueError(f"expected one generator per crop ({num_views}), got {len(generator)}")
-            generators = list(generator)
-        else:
-            generators = [generator] * num_views
-        global_crops = []
-        for index in range(self.num_global_crops):
-            blur = self.global_blur_probs[min(index, len(self.global_blur_probs) - 1)]
-            sol = self.global_solarize_probs[min(index, len(self.global_solarize_probs) - 1)]
-            global_crops.append(
-                self._crop(pixels, self.global_crop_size, self.global_crop_scale, blur, sol, generators[index])
-            )
-        local_crops = [
-            self._crop(pixels, self.local_crop_size, self.local_crop_scale, self.local_blur_prob, 0.0, gen)
-            for gen in generators[self.num_global_crops :]
-        ]
+        crops = [self.apply_view(pixels, params) for params in self.draw_views(*array.shape[:2], generator)]
+        global_crops, local_crops = crops[: self.num_global_crops], crops[self.num_global_crops :]
         return global_crops, local_crops
 
     def __repr__(self) -> str:

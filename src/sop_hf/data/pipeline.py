@@ -29,6 +29,7 @@ import torch
 
 from ..seeding import stream_seed
 from .augmentations import MultiCropAugmentation
+from .batched import CROPS_KEY, BatchedMultiCrop
 from .images import ImageIssueCounter, to_rgb_image
 from .masking import BlockMaskGenerator, MaskingPolicy
 
@@ -38,6 +39,7 @@ IMAGE_OK, IMAGE_CONVERTED, IMAGE_REPLACED = 0, 1, 2
 BOOKKEEPING_KEYS = ("sample_index", "image_status")  # batch keys that are not model inputs (SOPTrainer pops them)
 MASK_STREAM = 1_000_003  # keeps a view's mask stream apart from its crop stream
 MAX_REPLACEMENT_TRIES = 32
+AUGMENT_ON = ("auto", "cpu", "device")
 _MAX_LOGGED_BAD = 5
 
 
@@ -71,20 +73,34 @@ class MultiCropDataArguments:
     )
     mask_start_epoch: int = field(default=0, metadata={"help": "Epoch before which nothing is masked."})
     mask_shape: str = field(default="block", metadata={"help": "'block' (iBOT blockwise) or 'rand' (uniform patches)."})
+    augment_on: str = field(
+        default="auto",
+        metadata={"help": "Where the crops' pixel work runs: 'cpu' (dataloader workers make the float views), "
+                  "'device' (workers only decode, draw the parameters and cut uint8 crops; resize, flip, colour "
+                  "jitter, grayscale, blur, solarize and normalisation run batched on the training device inside the "
+                  "step), or 'auto': 'device' when an accelerator (CUDA ...) is available and the data is not "
+                  "streamed, else 'cpu' (faster on CPU-only machines). Same views either way (float rounding)."},
+    )  # fmt: skip
 
 
 class ViewMaker:
     """One RGB image + its seed parts -> one training example: ``global_crops`` [2, 3, H, W], ``local_crops``
     [n, 3, h, w] when there are local crops, ``masks`` [2, L] when SOP-MIM is on.
 
+    With ``augment_on="device"`` the example holds the views' parameters and uint8 crops instead of the crops
+    (``BatchedMultiCrop.cut``); ``collate_multicrop`` packs them and the training step makes the views.
+
     Args:
         args: the crop and mask settings.
         patch_size: the encoder's patch side (sets the mask grid).
         seed: the run's seed.
         use_masks: make iBOT masks for the global crops (SOP-MIM).
+        augment_on: "cpu" or "device" (``resolve_augment_on`` turns "auto" into one of them); None reads
+            ``args.augment_on``.
     """
 
-    def __init__(self, args: MultiCropDataArguments, patch_size: int, seed: int, use_masks: bool):
+    def __init__(self, args: MultiCropDataArguments, patch_size: int, seed: int, use_masks: bool,
+                 augment_on: str | None = None):  # fmt: skip
         blur_scale = args.global_crop_size / 224  # DINO's sigma range is in pixels of 224-px crops
         self.augmentation = MultiCropAugmentation(
             global_crop_size=args.global_crop_size, local_crop_size=args.local_crop_size,
@@ -100,23 +116,40 @@ class ViewMaker:
             start_epoch=args.mask_start_epoch, shape=args.mask_shape,
         ) if use_masks else None  # fmt: skip
         self.seed = int(seed)
+        self.augment_on = resolve_augment_on(getattr(args, "augment_on", "auto") if augment_on is None else augment_on)
+        self.batched = BatchedMultiCrop(self.augmentation) if self.augment_on == "device" else None
 
-    def __call__(self, image, epoch: int, *stream: int) -> dict[str, torch.Tensor]:
+    def __call__(self, image, epoch: int, *stream: int) -> dict:
         augmentation = self.augmentation
         num_views = augmentation.num_global_crops + augmentation.num_local_crops
         generators = [torch.Generator().manual_seed(stream_seed(self.seed, epoch, *stream, view))
                       for view in range(num_views)]  # fmt: skip
-        global_crops, local_crops = augmentation(image, generators)
-        example = {"global_crops": torch.stack(global_crops)}  # [2, 3, H, W]
-        if local_crops:
-            example["local_crops"] = torch.stack(local_crops)  # [n, 3, h, w]
+        if self.batched is not None:  # device path: parameters + uint8 crops, packed by collate_multicrop
+            example = {**self.batched.cut(image, generators), "batched": self.batched}
+        else:
+            global_crops, local_crops = augmentation(image, generators)
+            example = {"global_crops": torch.stack(global_crops)}  # [2, 3, H, W]
+            if local_crops:
+                example["local_crops"] = torch.stack(local_crops)  # [n, 3, h, w]
         if self.masks is not None:
             masks = []
-            for view in range(len(global_crops)):
+            for view in range(augmentation.num_global_crops):
                 generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, *stream, view, MASK_STREAM))
                 masks.append(self.masks(generator, epoch))
             example["masks"] = torch.stack(masks)  # [2, L]
         return example
+
+
+def resolve_augment_on(value: str, streaming: bool = False) -> str:
+    """``--augment_on`` -> "cpu" or "device"; "auto" is "device" when an accelerator is available (and the data is
+    not streamed: accelerate splits streamed batches tensor by tensor, which the packed crops do not survive)."""
+    if value not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {value!r}")
+    if value != "auto":
+        return value
+    accelerator = getattr(torch, "accelerator", None)
+    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    return "device" if available and not streaming else "cpu"
 
 
 def undecoded_images(dataset, image_column: str):
@@ -301,8 +334,10 @@ class EpochSampler(torch.utils.data.Sampler):
 def build_train_dataset(dataset, args, patch_size: int, seed: int, use_masks: bool = True, image_column=None):
     """Wrap a ``datasets`` dataset (map-style or streaming) or a list of rows into SOP training examples."""
     image_column = image_column or getattr(args, "image_column", "image")
-    maker = ViewMaker(args, patch_size, seed, use_masks)
-    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+    streaming = isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__")
+    augment_on = resolve_augment_on(getattr(args, "augment_on", "auto"), streaming)
+    maker = ViewMaker(args, patch_size, seed, use_masks, augment_on)
+    if streaming:
         return MultiCropIterableDataset(dataset, maker, image_column)
     return MultiCropDataset(dataset, maker, image_column)
 
@@ -312,19 +347,22 @@ def collate_multicrop(examples: list[dict]) -> dict[str, torch.Tensor]:
 
     ``pixel_values`` [2B, 3, H, W] (all images of global view 0, then view 1), ``bool_masked_pos`` [2B, L] when
     masks are made, ``local_pixel_values`` [nB, 3, h, w] when there are local crops, ``sample_index`` [B] and
-    ``image_status`` [B].
+    ``image_status`` [B]. Examples of the device path (``augment_on="device"``) give ``CROPS_KEY`` (the packed uint8
+    crops and parameters, ``BatchedMultiCrop.collate``) instead of the two pixel keys; the training step turns it
+    into them (``data.batched.views_on_device``).
     """
     if not examples:
         raise ValueError("collate_multicrop got an empty batch")
-    batch = {"pixel_values": torch.stack([e["global_crops"] for e in examples], dim=1).flatten(0, 1)}
+    bookkeeping = {key: torch.stack([e[key] for e in examples]) for key in BOOKKEEPING_KEYS if key in examples[0]}
+    if "batched" in examples[0]:  # bookkeeping first: accelerate reads the batch size from the first tensor
+        batch = {**bookkeeping, CROPS_KEY: examples[0]["batched"].collate(examples)}
+    else:
+        batch = {"pixel_values": torch.stack([e["global_crops"] for e in examples], dim=1).flatten(0, 1)}
     if "masks" in examples[0]:
         batch["bool_masked_pos"] = torch.stack([e["masks"] for e in examples], dim=1).flatten(0, 1)
     if "local_crops" in examples[0]:
         batch["local_pixel_values"] = torch.stack([e["local_crops"] for e in examples], dim=1).flatten(0, 1)
-    for key in BOOKKEEPING_KEYS:
-        if key in examples[0]:
-            batch[key] = torch.stack([e[key] for e in examples])
-    return batch
+    return {**batch, **bookkeeping}
 
 
 def views_digest(pixel_values: torch.Tensor, sample_index: torch.Tensor) -> dict[int, float]:
@@ -355,5 +393,6 @@ __all__ = [
     "build_collator",
     "build_train_dataset",
     "collate_multicrop",
+    "resolve_augment_on",
     "views_digest",
 ]
