@@ -14,7 +14,7 @@ Sections (the order is the priority: later ones get what time is left):
   4. feature extraction vs transformers ViTModel (same weights, SDPA), fp32 and bf16;
   5. ViT-B/16 pretraining step MFU in bf16 (FLOPs counted), eager;
   6. a time-boxed tiny-ViT Fashion-MNIST pretraining: k-NN top-1 vs random init;
-  7. the data pipeline (issue 26): batched augmentation img/s on the GPU and the share of a ViT-S/16 multi-crop
+  7. the data pipeline: batched augmentation img/s on the GPU and the share of a ViT-S/16 multi-crop
      step spent waiting for 16 dataloader workers, device-side vs all-CPU augmentation;
   8. FSDP2: the main job under ``accelerate launch --use_fsdp --fsdp_version 2`` on one GPU (6 steps, a resume from
      the sharded checkpoint of step 4, the export), and the CPU harness benchmarks/fsdp2_parity.py
@@ -261,7 +261,7 @@ def section_fsdp2(dry: bool, device: str) -> list[tuple]:
 
 
 def section_data_pipeline(dry: bool, device: str) -> list[tuple]:
-    """Issue 26: device-side augmentation throughput, its share of a step, and the step's wait for data."""
+    """Device-side augmentation throughput, its share of a step, and the step's wait for data."""
     import data_pipeline
     from repeats import summarize
 

@@ -84,7 +84,7 @@ import pytest  # noqa: E402
 
 def test_script__is_glue_that_imports_the_library():
     source = Path(SCRIPT).read_text()
-    assert sum(1 for line in source.splitlines() if line.strip()) <= 200  # run_mim.py-sized (issue #21)
+    assert sum(1 for line in source.splitlines() if line.strip()) <= 200  # run_mim.py-sized: the example is glue
     assert "from sop_hf.pretrain import" in source and "_load_from_checkpoint" not in source
 
 

@@ -43,7 +43,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import seed_worker
 
-from ..data.batched import views_on_device  # issue 26: device-side augmentation
+from ..data.batched import views_on_device  # --augment_on device
 from ..data.pipeline import EpochSampler, MultiCropDataset
 from .arguments import SOPTrainingArguments
 from .callbacks import (
@@ -129,7 +129,7 @@ class SOPTrainer(Trainer):
         preemption_signals = parse_signals(args.preemption_signals)
         train_dataset = kwargs.get("train_dataset")
         _check_dataset_size(train_dataset, args)
-        # issue 26: pinned batches (uint8 crops of --augment_on device) reach the GPU without a stream sync
+        # pinned batches (uint8 crops of --augment_on device) reach the GPU without a stream sync
         if args.dataloader_pin_memory and hasattr(args.accelerator_config, "non_blocking"):
             args.accelerator_config.non_blocking = True
         super().__init__(model=model, args=args, **kwargs)
@@ -240,7 +240,7 @@ class SOPTrainer(Trainer):
         }
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = views_on_device(inputs)  # issue 26: uint8 crops + parameters -> float views (--augment_on device)
+        inputs = views_on_device(inputs)  # uint8 crops + parameters -> float views (--augment_on device)
         sample_index = inputs.pop("sample_index", None)
         image_status = inputs.pop("image_status", None)
         outputs = model(**inputs, **self.temperatures(self.state.global_step), return_loss=True)
