@@ -22,7 +22,7 @@ DEMO_TRAINING = dict(
 # The demo's encoder: a tiny ViT (patch 4, width 64, depth 4) from a CPU calibration on Fashion-MNIST.
 DEMO_VIT = dict(
     image_size=28, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=256,
-    drop_path_rate=0.0, use_mask_token=False, mim_loss_weight=0.0,
+    drop_path_rate=0.0, mim_loss_weight=0.0,
 )  # fmt: skip
 DEMO_HEAD = dict(head_hidden_size=512, head_output_size=128)
 
