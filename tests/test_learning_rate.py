@@ -21,7 +21,8 @@ def parse(argv: list[str], recipe: str | None = "demo") -> SOPTrainingArguments:
     if recipe is not None:
         training = get_method("sop").recipes[recipe]["training"]
         defaults = recipe_defaults({"data": {}, "training": training})
-        parser.set_defaults(**{k: v for k, v in defaults.items() if k in {f.name for f in dataclasses.fields(SOPTrainingArguments)}})
+        fields = {f.name for f in dataclasses.fields(SOPTrainingArguments)}
+        parser.set_defaults(**{k: v for k, v in defaults.items() if k in fields})
     (args,) = parser.parse_args_into_dataclasses(argv)
     return args
 
@@ -33,7 +34,8 @@ def tiny_args(tmp_path, *argv: str) -> list[str]:
 
 def test_learning_rate__absolute_flag_trains_at_exactly_that_rate(tmp_path, caplog):
     args = parse(tiny_args(tmp_path, "--learning_rate", "0.001", "--lr_scheduler_type", "constant",
-                           "--per_device_train_batch_size", "8", "--max_steps", "2", "--warmup_steps", "0", "--logging_steps", "1"))  # fmt: skip
+                           "--per_device_train_batch_size", "8", "--max_steps", "2", "--warmup_steps", "0",
+                           "--logging_steps", "1"))  # fmt: skip
     assert (args.learning_rate, args.base_learning_rate) == (1e-3, None)  # the demo recipe's base 3e-3 yields
     trainer = SOPTrainer(model=SOPForPreTraining(SOPConfig(**TINY)), args=args, train_dataset=IndexSeededImages(),
                          data_collator=collate)  # fmt: skip
@@ -52,8 +54,9 @@ def test_base_learning_rate__is_scaled_by_the_global_batch(tmp_path, caplog):
     assert args.base_learning_rate == 3e-3  # the demo recipe's base rate
     trainer = SOPTrainer(model=SOPForPreTraining(SOPConfig(**TINY)), args=args, train_dataset=IndexSeededImages(),
                          data_collator=collate)  # fmt: skip
-    assert trainer.peak_learning_rate == pytest.approx(3e-3 * 40 / 256) and args.learning_rate == trainer.peak_learning_rate
-    assert args.describe_learning_rate(40) == "learning rate 0.00046875 = base 0.003 x global batch 40 / 256 (--base_learning_rate)"
+    assert trainer.peak_learning_rate == pytest.approx(3e-3 * 40 / 256) == args.learning_rate
+    expected = "learning rate 0.00046875 = base 0.003 x global batch 40 / 256 (--base_learning_rate)"
+    assert args.describe_learning_rate(40) == expected
     assert SOPTrainingArguments(output_dir=str(tmp_path), base_learning_rate=3e-3).describe_learning_rate(320) == (
         "learning rate 0.00375 = base 0.003 x global batch 320 / 256 (--base_learning_rate)")
 
@@ -68,8 +71,8 @@ def test_base_learning_rate__flag_replaces_the_recipe_and_default_is_sop(tmp_pat
 
 
 def test_learning_rates__both_explicit_and_different_are_an_error(tmp_path):
-    message = (r"--learning_rate 0.001 and --base_learning_rate 0.003 both set the peak rate: give one \(--learning_rate "
-               r"is absolute; --base_learning_rate is scaled by global batch / 256, here 8\)")  # fmt: skip
+    message = (r"--learning_rate 0.001 and --base_learning_rate 0.003 both set the peak rate: give one "
+               r"\(--learning_rate is absolute; --base_learning_rate is scaled by global batch / 256, here 8\)")
     with pytest.raises(ValueError, match=message):
         parse(tiny_args(tmp_path, "--learning_rate", "0.001", "--base_learning_rate", "0.003",
                         "--per_device_train_batch_size", "8"))  # fmt: skip

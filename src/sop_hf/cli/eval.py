@@ -92,8 +92,8 @@ class KnnArguments:
 
     ks: list[int] | None = field(
         default=None,
-        metadata={"aliases": ["--k"], "help": f"Numbers of neighbours (also --k). Default {' '.join(map(str, DEFAULT_KS))}, "
-                  "less those larger than the training set (a note names them); a k you give that is larger than "
+        metadata={"aliases": ["--k"], "help": "Numbers of neighbours (also --k). Default "
+                  f"{' '.join(map(str, DEFAULT_KS))}, less those larger than the training set (a note names them); a k you give that is larger than "
                   "the training set is an error."},
     )  # fmt: skip
     temperature: float = field(default=0.07, metadata={"help": "Vote temperature; keep 0.07 to compare with papers."})

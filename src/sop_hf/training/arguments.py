@@ -19,9 +19,8 @@ Changed defaults: ``remove_unused_columns=False`` (the image column must reach t
 cost ~64 MB of traffic), ``max_grad_norm=0`` (SOP clips per parameter, see ``clip_grad_per_param``).
 """
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
@@ -154,8 +153,8 @@ class SOPTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.scale_lr_with_batch_size is not None:
             use = "--base_learning_rate RATE" if self.scale_lr_with_batch_size else "--learning_rate RATE"
-            raise ValueError(f"--scale_lr_with_batch_size was removed: --learning_rate is now the absolute peak rate (as "
-                             f"in Trainer) and --base_learning_rate the rate scaled by global batch / 256; for "
+            raise ValueError(f"--scale_lr_with_batch_size was removed: --learning_rate is now the absolute peak rate "
+                             f"(as in Trainer) and --base_learning_rate the rate scaled by global batch / 256; for "
                              f"--scale_lr_with_batch_size {self.scale_lr_with_batch_size} pass {use}")  # fmt: skip
         kind = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
         if kind not in LR_SCHEDULES:

@@ -2,8 +2,8 @@
 
 What it adds to ``Trainer``: the scheduled temperatures passed to ``SOPForPreTraining.forward``; AdamW param groups
 with weight decay on >= 2-D non-bias tensors only (cosine-scheduled); DINO's learning rate (the peak is
-``--learning_rate``, or ``--base_learning_rate`` x global batch / 256; linear warm-up, cosine to ``min_lr``); per-parameter clipping; the teacher EMA after every optimizer
-step; logs of ``sop_loss``, ``mim_loss``, momentum, teacher temperature and bank fill. Launch it with
+``--learning_rate``, or ``--base_learning_rate`` x global batch / 256; linear warm-up, cosine to ``min_lr``);
+per-parameter clipping; the teacher EMA after every optimizer step; logs of ``sop_loss``, ``mim_loss``, momentum, teacher temperature and bank fill. Launch it with
 ``accelerate launch`` (see ``examples/pretrain_sop.py``).
 
 What it guards (docs/distributed.md):
