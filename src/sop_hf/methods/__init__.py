@@ -91,16 +91,8 @@ def build_config(method: str, values: dict, overrides: dict | None = None) -> Pr
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
     overrides = dict(overrides or {})
     preset = overrides.pop("preset", None)
-    backbone_class = None
-    if isinstance(values.get("backbone_config"), dict):
-        from transformers import AutoConfig
-
-        backbone_class = type(AutoConfig.for_model(values["backbone_config"].get("model_type", "sop")))
     _check_fields(spec.config_class, [k for k in overrides if not k.startswith("backbone_config.")],
                   f"--method {method}")  # fmt: skip
-    if backbone_class is not None:
-        _check_fields(backbone_class, [k.split(".", 1)[1] for k in overrides if k.startswith("backbone_config.")],
-                      f"--method {method} backbone_config")  # fmt: skip
     if preset is not None:  # a preset given as an override replaces the sizes the recipe names
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
@@ -119,8 +111,12 @@ def build_config(method: str, values: dict, overrides: dict | None = None) -> Pr
     values = _expand_preset(values)
     backbone = values.get("backbone_config")
     if isinstance(backbone, dict):
+        from transformers import AutoConfig
+
         backbone = _expand_preset(backbone)
-        backbone.pop("model_type", None)
+        backbone_class = type(AutoConfig.for_model(backbone.pop("model_type", "sop")))
+        _check_fields(backbone_class, [k.split(".", 1)[1] for k in overrides if k.startswith("backbone_config.")],
+                      f"--method {method} backbone_config")  # fmt: skip
         values["backbone_config"] = backbone_class(**backbone)
     return spec.config_class(**values)
 
