@@ -39,6 +39,7 @@ from transformers.modeling_outputs import (
     ImageClassifierOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
@@ -158,7 +159,9 @@ class SOPAttention(nn.Module):
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=qkv_bias)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, seq_len, hidden_size = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, Dh]
@@ -204,7 +207,7 @@ class SOPLayer(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.mlp = SOPMLP(hidden_size, intermediate_size, hidden_act)
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         attn_out, _ = self.attention(self.norm1(hidden_states), **kwargs)  # the probabilities are recorded by hooks
         hidden_states = hidden_states + drop_path(attn_out, self.drop_path_rate, self.training)
         mlp_out = self.mlp(self.norm2(hidden_states))
@@ -329,7 +332,10 @@ class _EncoderMixin:
 
     @capture_outputs(tie_last_hidden_states=False)  # hidden_states[-1] is the last block's output, before the norm
     def encode(
-        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         """[B, 1 + L, D] output of the last block (before the final norm); ``hidden_states`` (embeddings, then
         every block) and ``attentions`` when ``output_hidden_states`` / ``output_attentions`` ask for them."""
@@ -370,7 +376,10 @@ class SOPModel(_EncoderMixin, SOPPreTrainedModel):
 
     @can_return_tuple
     def forward(
-        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode images.
 
@@ -429,7 +438,10 @@ class SOPForImageClassification(SOPPreTrainedModel):
 
     @can_return_tuple
     def forward(
-        self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput | tuple:
         """Classify images.
 
@@ -485,7 +497,7 @@ class SOPBackbone(BackboneMixin, _EncoderMixin, SOPPreTrainedModel):
         return self.embeddings.projection
 
     @can_return_tuple
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BackboneOutput | tuple:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput | tuple:
         """Feature maps of the chosen stages.
 
         Args:
