@@ -115,3 +115,16 @@ def test_config__a_newer_config_json_loads(tmp_path):
     values = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**values, "a_field_from_the_future": [1, 2]}))
     assert SOPConfig.from_pretrained(tmp_path).a_field_from_the_future == [1, 2]
+
+
+def test_build_config__mim_override_alone_turns_sop_mim_on():
+    from sop_hf.methods import build_config, get_method
+
+    saved = {**get_method("sop").recipes["demo"]["model"], "use_mask_token": False}  # e.g. a demo run's config.json
+    config = build_config("sop", saved, {"mim_loss_weight": 1.0})
+    assert config.mim_loss_weight == 1.0 and config.use_mask_token is True
+    assert build_config("sop", get_method("sop").recipes["demo"]["model"]).use_mask_token is False  # SOP-MIM off
+    with pytest.raises(ValueError, match="use_mask_token must be True"):  # both overridden: the user's word stands
+        build_config("sop", saved, {"mim_loss_weight": 1.0, "use_mask_token": False})
+    with pytest.raises(ValueError, match=r"--method sop: unknown SOPConfig field\(s\) mim_weight"):
+        build_config("sop", saved, {"mim_weight": 1.0})
