@@ -128,3 +128,12 @@ def test_build_config__mim_override_alone_turns_sop_mim_on():
         build_config("sop", saved, {"mim_loss_weight": 1.0, "use_mask_token": False})
     with pytest.raises(ValueError, match=r"--method sop: unknown SOPConfig field\(s\) mim_weight"):
         build_config("sop", saved, {"mim_weight": 1.0})
+
+
+def test_lineage_config__keeps_unknown_keys_and_names_a_near_typo(caplog):
+    from sop_hf.methods import CARPConfig
+
+    with caplog.at_level("WARNING", logger="sop_hf.configuration_sop"):
+        config = CARPConfig(num_prototype=64, rms_norm_eps=1.0)
+    assert config.num_prototype == 64 and config.rms_norm_eps == 1.0
+    assert "CARPConfig got unknown field(s) 'num_prototype' (did you mean 'num_prototypes'?)" in caplog.text
