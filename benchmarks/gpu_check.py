@@ -182,7 +182,7 @@ def section_fmnist(dry: bool, device: str, data_dir: str | None = None) -> list[
         workers = str(max(0, min(8, (os.cpu_count() or 2) - 4)))
         argv += ["--time_budget_s", "90", "--max_steps", "1200", "--per_device_train_batch_size", "256",
                  "--preset", "vit_tiny", "--config_overrides", "intermediate_size=768,class_memory_size=8192,num_anchors=1024",
-                 "--learning_rate", "1e-3", "--warmup_steps", "100", "--dataloader_num_workers", workers, "--bf16", "true",
+                 "--base_learning_rate", "1e-3", "--warmup_steps", "100", "--dataloader_num_workers", workers, "--bf16", "true",
                  "--max_eval_samples", "5000", "--logging_steps", "50"]  # fmt: skip
     summary = fmnist_pretrain.main(argv)
     trained, random_init = summary.get("knn_top1_trained"), summary.get("knn_top1_random_init")

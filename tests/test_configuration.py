@@ -59,9 +59,19 @@ def test_config__invalid_values_name_the_field(field, value, message):
 
 
 def test_config__mim_needs_mask_token():
-    with pytest.raises(ValueError, match="use_mask_token must be True"):
-        tiny_config(use_mask_token=False)
+    with pytest.raises(ValueError, match=r"use_mask_token must be True \(or None\) when mim_loss_weight > 0 .*got "
+                       r"use_mask_token=False with mim_loss_weight=1.0"):
+        tiny_config(use_mask_token=False, mim_loss_weight=1.0)
     assert tiny_config(use_mask_token=False, mim_loss_weight=0.0).use_mask_token is False
+    with pytest.raises(ValueError, match="SOPConfig.use_mask_token must be True, False or None, got 'yes'"):
+        tiny_config(use_mask_token="yes")
+
+
+def test_config__positive_mim_weight_alone_brings_the_mask_token():
+    assert tiny_config(mim_loss_weight=1.0).use_mask_token is True  # one switch turns SOP-MIM on
+    assert tiny_config(mim_loss_weight=0.0).use_mask_token is False  # off: no unused parameter for DDP
+    assert tiny_config(mim_loss_weight=0.0, use_mask_token=True).use_mask_token is True  # kept when asked for
+    assert SOPConfig().use_mask_token is True  # the default config runs SOP-MIM
 
 
 def test_config__save_load_round_trip(tmp_path):
@@ -77,9 +87,53 @@ def test_config__no_generation_parameter_names():
     assert not generation_names & set(SOPConfig().to_dict())
 
 
-def test_config__unknown_fields_are_named_with_the_closest_one():
-    with pytest.raises(ValueError, match=r"unknown field\(s\) 'num_anchor' \(did you mean 'num_anchors'\?\), 'zzz'"):
-        tiny_config(num_anchor=8, zzz=1)
+def test_config__unknown_keys_are_kept_and_a_near_typo_is_named(caplog):
+    with caplog.at_level("WARNING", logger="sop_hf.configuration_sop"):
+        config = tiny_config(num_anchor=8, zzz=1)
+    assert config.num_anchor == 8 and config.zzz == 1  # kept, as PreTrainedConfig does
+    expected = "SOPConfig got unknown field(s) 'num_anchor' (did you mean 'num_anchors'?); kept as attributes"
+    assert expected in caplog.text
+    assert "zzz" not in caplog.text  # no field is close: a newer version's field, kept silently
+    # what transformers passes to every config (its common tests set these) loads, and survives a round trip
+    config = tiny_config(rms_norm_eps=1.0, batch_norm_eps=1.0, tie_word_embeddings=False)
+    assert config.rms_norm_eps == 1.0 and config.layer_norm_eps == 1e-6
+    assert SOPConfig.from_dict(config.to_dict()).batch_norm_eps == 1.0
     # what every transformers config takes (Hub metadata, older names) still loads
     config = tiny_config(torch_dtype="float32", num_labels=3, transformers_version="5.0.0", _name_or_path="x")
     assert config.num_labels == 3
+
+
+def test_config__known_fields_stay_validated_beside_unknown_keys():
+    with pytest.raises(ValueError, match=r"SOPConfig.layer_norm_eps must be in \(0.0, 1.0\], got 0"):
+        tiny_config(layer_norm_eps=0, rms_norm_eps=1.0)
+
+
+def test_config__a_newer_config_json_loads(tmp_path):
+    import json
+
+    tiny_config().save_pretrained(tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**values, "a_field_from_the_future": [1, 2]}))
+    assert SOPConfig.from_pretrained(tmp_path).a_field_from_the_future == [1, 2]
+
+
+def test_build_config__mim_override_alone_turns_sop_mim_on():
+    from sop_hf.methods import build_config, get_method
+
+    saved = {**get_method("sop").recipes["demo"]["model"], "use_mask_token": False}  # e.g. a demo run's config.json
+    config = build_config("sop", saved, {"mim_loss_weight": 1.0})
+    assert config.mim_loss_weight == 1.0 and config.use_mask_token is True
+    assert build_config("sop", get_method("sop").recipes["demo"]["model"]).use_mask_token is False  # SOP-MIM off
+    with pytest.raises(ValueError, match="use_mask_token must be True"):  # both overridden: the user's word stands
+        build_config("sop", saved, {"mim_loss_weight": 1.0, "use_mask_token": False})
+    with pytest.raises(ValueError, match=r"--method sop: unknown SOPConfig field\(s\) mim_weight"):
+        build_config("sop", saved, {"mim_weight": 1.0})
+
+
+def test_lineage_config__keeps_unknown_keys_and_names_a_near_typo(caplog):
+    from sop_hf.methods import CARPConfig
+
+    with caplog.at_level("WARNING", logger="sop_hf.configuration_sop"):
+        config = CARPConfig(num_prototype=64, rms_norm_eps=1.0)
+    assert config.num_prototype == 64 and config.rms_norm_eps == 1.0
+    assert "CARPConfig got unknown field(s) 'num_prototype' (did you mean 'num_prototypes'?)" in caplog.text

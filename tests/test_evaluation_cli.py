@@ -230,6 +230,15 @@ def test_eval__two_folders_one_corrupt_image_skipped_and_k_checked(model_dir, tm
         eval_main([*base, "--ks", "500"])
 
 
+def test_eval_knn__defaults_on_40_training_images_drop_the_large_ks(model_dir, tmp_path, capsys, caplog):
+    train, test = _image_folder(tmp_path / "train", 40, 0), _image_folder(tmp_path / "test", 10, 1)
+    base = ["knn", "--model", model_dir, "--no_cache", "--no_progress", "--train_data", train, "--test_data", test]
+    assert run_eval(base, capsys) == ["knn_top1@10: 1.0000", "knn_top1@20: 1.0000"]  # the defaults the data serves
+    assert "k-NN: default k 100, 200 dropped: larger than the 40 training samples (k = 10, 20 kept)" in caplog.text
+    with pytest.raises(ValueError, match="k=200 is larger than the 40 training samples"):  # asked for: an error
+        eval_main([*base, "--k", "200"])
+
+
 def test_eval__one_folder_held_out_with_validation_split_percentage(model_dir, tmp_path, capsys):
     data = _image_folder(tmp_path / "all", 40, 0)
     base = ["knn", "--model", model_dir, "--no_cache", "--no_progress", "--train_data", data, "--ks", "5"]

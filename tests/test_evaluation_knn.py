@@ -53,3 +53,13 @@ def test_knn_classify__errors():
         knn_classify(train, train_y, train, ks=(0, 5))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         knn_classify(train, train_y, train, temperature=0.0)
+
+
+def test_default_ks__keep_what_the_training_set_serves():
+    from sop_hf.evaluation.knn import default_ks
+
+    assert default_ks(40) == ([10, 20], [100, 200])
+    assert default_ks(5000) == ([10, 20, 100, 200], [])
+    assert default_ks(7) == ([7], [10, 20, 100, 200])  # every default too large: all samples vote
+    with pytest.raises(ValueError, match="k-NN needs at least one training sample, got 0"):
+        default_ks(0)

@@ -151,6 +151,20 @@ def test_build_model_card__sop_cites_only_sop():
     assert all(arxiv not in text for arxiv in ("2407.17486", "2310.12692", "2112.15421"))
 
 
+def test_build_model_card__names_sop_mim_only_when_the_patch_loss_was_on():
+    mim = str(build_model_card(encoder_config(), training={"mim_loss_weight": 1.0}))
+    assert mim.split("\n# ", 1)[1].startswith("SOP-MIM ViT")  # the title
+    assert "pretrained with **SOP-MIM**" in mim and "trained with SOP-MIM (patch loss weight 1)" in mim
+    assert "- sop-mim" in mim  # a tag the Hub can filter on
+    plain = str(build_model_card(encoder_config(), training={"mim_loss_weight": 0.0}))
+    assert plain.split("\n# ", 1)[1].startswith("SOP ViT") and "pretrained with **SOP**" in plain
+    assert "on by default" not in plain and "was off" in plain and "trained with SOP-MIM" not in plain
+    unknown = str(build_model_card(encoder_config()))
+    assert "did not record `mim_loss_weight`" in unknown and "on by default" not in unknown
+    with pytest.raises(ValueError, match="method 'sop-mim' but the training record says mim_loss_weight=0"):
+        build_model_card(encoder_config(), method="sop-mim", training={"mim_loss_weight": 0})
+
+
 def test_build_model_card__training_curves_reference():
     text = str(build_model_card(encoder_config(), training_curves="training_curves.png"))
     assert "![Training curves](training_curves.png)" in text

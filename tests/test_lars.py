@@ -43,7 +43,7 @@ def test_trainer__lars_flag_builds_lars_at_the_peak_rate(tmp_path):
 
     model = SOPForPreTraining(SOPConfig(**TINY))
     args = SOPTrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, lars=True,
-                                learning_rate=0.45, weight_decay=1e-6, weight_decay_end=1e-6, warmup_steps=0,
+                                base_learning_rate=0.45, weight_decay=1e-6, weight_decay_end=1e-6, warmup_steps=0,
                                 use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True)  # fmt: skip
     trainer = SOPTrainer(model=model, args=args, train_dataset=IndexSeededImages(), data_collator=collate)
     before = model.sop.layers[0].mlp.fc1.weight.detach().clone()

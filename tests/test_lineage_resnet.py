@@ -57,8 +57,8 @@ def test_config__head_batch_norm_default_follows_the_encoder_and_validation():
     assert resnet50.encoder_width == 2048 and list(resnet50.backbone_config.depths) == [3, 4, 6, 3]  # ResNet-50
     with pytest.raises(ValueError, match="backbone_config must be an SOPConfig or a ResNetConfig"):
         build_config("carp", {"backbone_config": {"model_type": "bert"}})
-    with pytest.raises(ValueError, match="unknown ResNetConfig field.*resnet_depths"):
-        build_config("carp", {"backbone_config": {"model_type": "resnet", "resnet_depths": [1, 1]}})
+    with pytest.raises(ValueError, match="unknown ResNetConfig field.*resnet_depths"):  # an override: a user typo
+        build_config("carp", {"backbone_config": {"model_type": "resnet"}}, {"backbone_config.resnet_depths": [1, 1]})
 
 
 def test_init__resnet_keeps_its_own_initialisation_and_teacher_is_a_copy():

@@ -145,6 +145,38 @@ def test_outputs__hidden_states_attentions_and_tuple(config):
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], model(images).last_hidden_state)
 
 
+def test_outputs__hidden_states_recorded_before_the_final_norm_and_by_index(config):
+    import transformers.utils.output_capturing as capturing
+
+    model = SOPModel(config).eval()
+    images = torch.randn(2, 3, 32, 32)
+    full = model(images, output_hidden_states=True).hidden_states  # embeddings, block 1, block 2
+    torch.testing.assert_close(model.layernorm(full[-1]), model(images).last_hidden_state)  # untied: before the norm
+    if hasattr(capturing, "selected_hidden_states"):  # transformers' index selection (newer than the 5.20 floor)
+        picked = model(images, output_hidden_states=[0, -1]).hidden_states
+        assert picked[1] is None and torch.equal(picked[0], full[0]) and torch.equal(picked[2], full[2])
+
+
+def test_attention__a_registered_backend_runs_without_code_here(config):
+    from transformers import AttentionInterface
+
+    from sop_hf.modeling_sop import eager_attention_forward
+
+    calls = []
+
+    def counting_attention(module, query, key, value, attention_mask, **kwargs):
+        calls.append(tuple(query.shape))  # [B, H, N, Dh]
+        return eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("sop_test_counting", counting_attention)
+    model = SOPModel(config).eval()
+    images = torch.randn(2, 3, 32, 32)
+    expected = model(images).last_hidden_state
+    model.set_attn_implementation("sop_test_counting")
+    torch.testing.assert_close(model(images).last_hidden_state, expected, atol=1e-5, rtol=1e-5)
+    assert calls == [(2, 2, 17, 16)] * config.num_hidden_layers
+
+
 def test_init__all_parameters_and_buffers_initialised(config):
     model = SOPModel(config)
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):

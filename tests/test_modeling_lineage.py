@@ -84,10 +84,11 @@ def test_config__defaults_hold_only_their_fields_and_validate():
         CARPConfig(num_prototypes=64, block_size=65)
     with pytest.raises(ValueError, match="method must be one of sop, massl, carp, carl"):
         build_config("byol", {})
-    with pytest.raises(ValueError, match="unknown CARPConfig field.*class_memory_size"):
-        build_config("carp", {"class_memory_size": 64})
+    with pytest.raises(ValueError, match="unknown CARPConfig field.*class_memory_size"):  # an override: a user typo
+        build_config("carp", {}, {"class_memory_size": 64})
     with pytest.raises(ValueError, match="unknown SOPConfig field.*hiden_size"):
-        build_config("carp", {"backbone_config": {"model_type": "sop", "hiden_size": 64}})
+        build_config("carp", {"backbone_config": {"model_type": "sop"}}, {"backbone_config.hiden_size": 64})
+    assert build_config("carp", {"newer_field": 1}).newer_field == 1  # a saved config's unknown key is kept
 
 
 def test_config__round_trip_through_save_and_auto_config(tmp_path):

@@ -30,13 +30,13 @@ def test_recipe__builds_its_methods_config_and_parses(method, name, script, tmp_
     model_args, data_args, training_args, recipe, _, automatic = script.parse_arguments(argv)
     assert (model_args.method, model_args.recipe, recipe, automatic) == (method, name, name, False)
     assert data_args.global_crop_size == crop
-    assert training_args.learning_rate == values["training"]["learning_rate"]
+    assert training_args.base_learning_rate == values["training"]["base_learning_rate"]  # the recipe's base rate
 
 
 # Each row: (method, recipe, section, field, value) as its source states it (see the comment above each recipe).
 PINNED = [
     ("sop", "demo", "model", "koleo_loss_weight", 0.1), ("sop", "demo", "training", "momentum_teacher", 0.95),
-    ("sop", "demo", "training", "learning_rate", 3e-3), ("sop", "demo", "training", "max_steps", 500),
+    ("sop", "demo", "training", "base_learning_rate", 3e-3), ("sop", "demo", "training", "max_steps", 500),
     ("sop", "demo", "model", "class_memory_size", 1024), ("sop", "demo", "model", "num_anchors", 256),
     ("sop", "demo", "model", "num_support", 5), ("sop", "demo", "data", "num_local_crops", 0),
     ("massl", "demo", "model", "memory_size", 1024), ("massl", "demo", "model", "block_size", 256),
@@ -45,7 +45,7 @@ PINNED = [
     ("carl", "demo", "model", "head_batch_norm", True), ("carl", "demo", "model", "uniformity_weight", 2.0),
     ("sop", "vit_small_imagenet", "model", "preset", "vit_small"), ("sop", "vit_small_imagenet", "model", "num_anchors", 64),
     ("sop", "vit_small_imagenet", "data", "global_crop_scale", (0.14, 1.0)),
-    ("sop", "vit_small_imagenet", "data", "num_local_crops", 0), ("sop", "vit_small_imagenet", "training", "learning_rate", 5e-4),
+    ("sop", "vit_small_imagenet", "data", "num_local_crops", 0), ("sop", "vit_small_imagenet", "training", "base_learning_rate", 5e-4),
     ("sop", "vit_small_imagenet", "training", "momentum_teacher", 0.996),
     ("sop", "vit_small_imagenet", "training", "weight_decay_end", 0.4),
     ("sop", "vit_small_imagenet", "training", "teacher_temp", 0.04), ("sop", "vit_small_imagenet", "training", "warmup_epochs", 10),
@@ -66,11 +66,11 @@ PINNED = [
     ("massl", "massl_vit_small_imagenet", "data", "local_crop_scale", (0.05, 0.32)),
     ("massl", "massl_vit_small_imagenet", "data", "num_local_crops", 10),
     ("massl", "massl_vit_small_imagenet", "training", "num_train_epochs", 800),
-    ("massl", "massl_vit_small_imagenet", "training", "learning_rate", 5e-4),
+    ("massl", "massl_vit_small_imagenet", "training", "base_learning_rate", 5e-4),
     ("massl", "massl_vit_small_imagenet", "training", "warmup_epochs", 0),
     ("massl", "massl_vit_small_imagenet", "training", "momentum_teacher", 0.992),
     ("massl", "massl_vit_base_imagenet", "training", "num_train_epochs", 400),
-    ("massl", "massl_vit_base_imagenet", "training", "learning_rate", 7.5e-4),
+    ("massl", "massl_vit_base_imagenet", "training", "base_learning_rate", 7.5e-4),
     ("massl", "massl_vit_base_imagenet", "training", "warmup_epochs", 10),
     ("massl", "massl_vit_base_imagenet", "training", "momentum_teacher", 0.996),
     ("massl", "massl_vit_base_imagenet", "training", "warmup_teacher_temp_epochs", 50),
@@ -83,7 +83,7 @@ PINNED = [
     ("carp", "carp_resnet50_imagenet", "training", "momentum_teacher", 0.99),
     ("carp", "carp_resnet50_imagenet", "training", "weight_decay", 1e-6),
     ("carp", "carp_resnet50_imagenet", "training", "lars", True),
-    ("carp", "carp_resnet50_imagenet", "training", "learning_rate", 0.45),
+    ("carp", "carp_resnet50_imagenet", "training", "base_learning_rate", 0.45),
     ("carp", "carp_resnet50_imagenet", "training", "min_lr", 0.0048),
     ("carp", "carp_resnet50_imagenet", "model", "zero_init_residual", True),
 ]  # fmt: skip
@@ -118,7 +118,7 @@ def test_flags__override_the_recipe_and_config_overrides_change_single_fields(sc
     argv = ["--recipe", "demo", "--max_steps", "7", "--global_crop_size", "32", "--output_dir", str(tmp_path),
             "--config_overrides", "num_anchors=128,koleo_loss_weight=0.2,image_size=32"]
     model_args, data_args, training_args, _, values, _ = script.parse_arguments(argv)
-    assert training_args.max_steps == 7 and training_args.learning_rate == 3e-3  # flag wins, the rest is the recipe
+    assert training_args.max_steps == 7 and training_args.base_learning_rate == 3e-3  # flag wins, the rest is the recipe
     assert data_args.global_crop_size == 32
     config, _ = script.build_model(model_args, values)
     assert (config.num_anchors, config.koleo_loss_weight, config.image_size) == (128, 0.2, 32)
@@ -155,7 +155,7 @@ def test_help__shows_the_values_of_the_chosen_recipe(script, capsys):
             script.parse_arguments(argv)
         text = " ".join(capsys.readouterr().out.split())
         assert "--config_overrides" in text and "sop: demo, vit_small_imagenet" in text
-        start = text.index("--learning_rate LEARNING_RATE", text.index("options:"))
+        start = text.index("--base_learning_rate BASE_LEARNING_RATE", text.index("options:"))
         lr_help = text[start : start + 400]
         assert expected in lr_help, lr_help
 

@@ -89,7 +89,7 @@ def test_trainer__optimizer_groups_lr_scaling_and_ema(tmp_path):
 
     model = SOPForPreTraining(SOPConfig(**TINY))
     args = SOPTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
-                                learning_rate=0.1, warmup_steps=1, use_cpu=True, report_to=[],
+                                base_learning_rate=0.1, warmup_steps=1, use_cpu=True, report_to=[],
                                 save_strategy="no", disable_tqdm=True, momentum_teacher=0.5, logging_steps=1)  # fmt: skip
     trainer = SOPTrainer(model=model, args=args, train_dataset=IndexSeededImages(), data_collator=collate)
     assert trainer.peak_learning_rate == pytest.approx(0.1 * 4 / 256)

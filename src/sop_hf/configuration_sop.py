@@ -15,6 +15,7 @@ from difflib import get_close_matches
 
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
+from transformers.utils import logging
 
 try:  # transformers >= 5 keeps the backbone helpers at the top level
     from transformers.backbone_utils import BackboneConfigMixin
@@ -30,11 +31,31 @@ PRESETS: dict[str, dict] = {
 }
 
 
+logger = logging.get_logger(__name__)
+
 # Keyword arguments every transformers config takes besides its dataclass fields (older names, Hub metadata).
 _BASE_KEYS = set(PreTrainedConfig.__dataclass_fields__) | {
     "torch_dtype", "num_labels", "attn_implementation", "model_type", "transformers_version", "auto_map",
     "name_or_path", "use_return_dict",
 }  # fmt: skip
+
+
+def unknown_fields(config: PreTrainedConfig, kwargs: dict) -> dict[str, str | None]:
+    """``{key: closest field or None}`` for the keys of ``kwargs`` that are no field of ``config``'s class.
+
+    Such keys are kept as attributes, as ``PreTrainedConfig`` does: transformers passes its own (``rms_norm_eps``,
+    ``tie_word_embeddings``, ...) to every config, and a ``config.json`` written by a newer version may carry a field
+    this one does not know. A key within a typo of a field is logged as a warning naming that field.
+    """
+    fields = sorted(f for f in type(config).__dataclass_fields__ if not f.startswith("_"))
+    unknown = sorted(k for k in kwargs if not k.startswith("_") and k not in _BASE_KEYS
+                     and not hasattr(PreTrainedConfig, k) and k not in fields)  # fmt: skip
+    found = {k: next(iter(get_close_matches(k, fields, 1)), None) for k in unknown}
+    typos = [f"{k!r} (did you mean {close!r}?)" for k, close in found.items() if close is not None]
+    if typos:
+        logger.warning(f"{type(config).__name__} got unknown field(s) {', '.join(typos)}; kept as attributes, "
+                       "unused by the model")  # fmt: skip
+    return found
 
 
 class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -56,7 +77,9 @@ class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
             the last. Raise to 0.2-0.4 for ViT-L; the teacher never drops paths.
         initializer_range: Std of the truncated-normal initialisation of weights and embeddings.
         use_mask_token: Create the learnable mask token that replaces masked patch embeddings (iBOT / SOP-MIM).
-            Turn off when pretraining without SOP-MIM so that DDP sees no unused parameter.
+            ``None`` (the default) follows ``mim_loss_weight``: a token exactly when SOP-MIM is on, so that one
+            switch turns SOP-MIM on and DDP never sees an unused parameter. ``True`` keeps a token without SOP-MIM
+            (masked inputs for other uses); ``False`` with ``mim_loss_weight > 0`` is an error.
 
     Downstream heads (``SOPForImageClassification``, ``SOPBackbone``; none of them shapes an encoder weight):
         classifier_mean_patch: Feed the classifier [CLS] concatenated with the mean patch token (2 x ``hidden_size``
@@ -89,7 +112,11 @@ class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
         patch_memory_size: Rows of the patch memory bank (8192).
         num_patch_anchors: Patch anchors per task (512); single support, so plain label smoothing.
         num_patch_tasks: Patch tasks per step (1).
-        mim_loss_weight: Weight of the SOP-MIM term; 0 turns SOP-MIM off (no patch bank read, no mask token needed).
+        mim_loss_weight: Weight of the SOP-MIM term; 0 turns SOP-MIM off (no patch bank read, no mask token). A
+            positive weight alone turns SOP-MIM on (the mask token follows, see ``use_mask_token``).
+
+    Other keyword arguments are kept as attributes, as ``PreTrainedConfig`` does (transformers passes its own, and a
+    newer ``config.json`` may carry more fields); one within a typo of a field above is logged as a warning naming it.
 
     Other loss settings:
         koleo_loss_weight: Weight of the KoLeo regulariser on the student [CLS] (0 = off, as in the reference).
@@ -112,7 +139,7 @@ class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
     layer_norm_eps: float = 1e-6
     drop_path_rate: float = 0.1
     initializer_range: float = 0.02
-    use_mask_token: bool = True
+    use_mask_token: bool | None = None
 
     head_hidden_size: int = 2048
     head_output_size: int = 256
@@ -143,18 +170,16 @@ class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
     def __post_init__(self, **kwargs):
         kwargs.pop("stage_names", None)  # recomputed below from num_hidden_layers, never read back from a file
         out_features, out_indices = kwargs.pop("out_features", None), kwargs.pop("out_indices", None)
-        unknown = sorted(k for k in kwargs if not k.startswith("_") and k not in _BASE_KEYS
-                         and not hasattr(PreTrainedConfig, k))  # fmt: skip
-        if unknown:
-            fields = sorted(f for f in self.__dataclass_fields__ if not f.startswith("_"))
-            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(k, fields, 1)) else repr(k)
-                     for k in unknown]  # fmt: skip
-            raise ValueError(f"SOPConfig got unknown field(s) {', '.join(hints)}; see the SOPConfig docstring")
+        unknown_fields(self, kwargs)  # kept as attributes by PreTrainedConfig; a near-typo is logged
+        if self.use_mask_token is not None and not isinstance(self.use_mask_token, bool):
+            raise ValueError(f"SOPConfig.use_mask_token must be True, False or None, got {self.use_mask_token!r}")
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.teacher_patch_temp is None:
             self.teacher_patch_temp = self.teacher_temp
         self.validate_sizes()
+        if self.use_mask_token is None:  # one switch: SOP-MIM brings its mask token
+            self.use_mask_token = self.mim_loss_weight > 0
         if not isinstance(self.classifier_mean_patch, bool):
             raise ValueError(f"SOPConfig.classifier_mean_patch must be a bool, got {self.classifier_mean_patch!r}")
         # Backbone stages: the embeddings, then every block.
@@ -234,8 +259,9 @@ class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
                 f"SOPConfig.num_patch_anchors must be in [2, patch_memory_size] = [2, {self.patch_memory_size}], "
                 f"got {self.num_patch_anchors}"
             )
-        if self.mim_loss_weight > 0 and not self.use_mask_token:
-            raise ValueError("SOPConfig.use_mask_token must be True when mim_loss_weight > 0 (SOP-MIM masks patches)")
+        if self.mim_loss_weight > 0 and self.use_mask_token is False:
+            raise ValueError(f"SOPConfig.use_mask_token must be True (or None) when mim_loss_weight > 0 (SOP-MIM masks "
+                             f"patches), got use_mask_token=False with mim_loss_weight={self.mim_loss_weight}")
 
     @property
     def num_kept_anchors(self) -> int:
@@ -258,4 +284,4 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-__all__ = ["SOPConfig", "PRESETS"]
+__all__ = ["SOPConfig", "PRESETS", "unknown_fields"]

@@ -3,8 +3,17 @@
 ``SOPModel`` is a DINO/iBOT-style pre-norm ViT (docs/method.md §2): a [CLS] token, absolute position embeddings
 bicubically interpolated to any input size whose sides are multiples of the patch size, an optional learnable mask
 token that *replaces* the patch embeddings where ``bool_masked_pos`` is true, stochastic depth rising linearly over
-depth, attention through ``scaled_dot_product_attention`` (an explicit path when attentions are requested) and
-gradient checkpointing. It is what gets exported and loaded by ``AutoModel`` / the image-feature-extraction pipeline.
+depth and gradient checkpointing. It is what gets exported and loaded by ``AutoModel`` / the image-feature-extraction
+pipeline.
+
+transformers 5.x conventions it follows, so that a new attention backend or output option needs no code here:
+
+- attention through transformers' attention interface: the kernel is looked up by name in
+  ``ALL_ATTENTION_FUNCTIONS`` (``"sdpa"`` by default; ``"eager"``, ``"flex_attention"``, ``"flash_attention_2"``,
+  kernels registered by the user) with ``eager_attention_forward`` as the explicit path;
+- hidden states and attentions recorded by transformers' output capturing (``_can_record_outputs`` and
+  ``capture_outputs``: hooks on ``SOPLayer`` and ``SOPAttention``), and ``can_return_tuple`` for ``return_dict``;
+  extra keyword arguments (``TransformersKwargs``) flow down to the attention kernel.
 
 This file, like its siblings, imports only torch, transformers and relative modules so that it ships as Hub remote
 code. The pretraining model (student, EMA teacher, heads, banks, losses) lives in ``modeling_sop_pretraining.py``.
@@ -23,8 +32,17 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_sop import SOPConfig
 
@@ -125,9 +143,10 @@ class SOPAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection.
 
     The kernel is ``config._attn_implementation``, looked up at every call in transformers' attention registry
-    (``"sdpa"`` by default, ``"eager"`` for the explicit path above; set it with ``attn_implementation=`` in
-    ``from_pretrained`` or ``model.set_attn_implementation``). Attention probabilities exist only on the eager path,
-    so a call asking for them runs eagerly whatever the setting.
+    (``"sdpa"`` by default, ``"eager"`` for the explicit path above, any other registered kernel; set it with
+    ``attn_implementation=`` in ``from_pretrained`` or ``model.set_attn_implementation``). Attention probabilities
+    exist only on the eager path, so a call asking for them (``output_attentions=True``) runs eagerly whatever the
+    setting.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool, config: SOPConfig):
@@ -141,19 +160,19 @@ class SOPAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, seq_len, hidden_size = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, Dh]
         implementation = getattr(self.config, "_attn_implementation", None) or "eager"
-        if output_attentions:  # probabilities exist only on the eager path
+        if kwargs.get("output_attentions"):  # probabilities exist only on the eager path
             attention = eager_attention_forward
         else:
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        context, weights = attention(self, query, key, value, None, scaling=self.scaling, dropout=0.0)
+        context, weights = attention(self, query, key, value, None, scaling=self.scaling, dropout=0.0, **kwargs)
         context = context.reshape(batch_size, seq_len, hidden_size)  # [B, N, D]
-        return self.proj(context), (weights if output_attentions else None)
+        return self.proj(context), weights
 
 
 class SOPMLP(nn.Module):
@@ -188,14 +207,12 @@ class SOPLayer(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.mlp = SOPMLP(hidden_size, intermediate_size, hidden_act)
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, weights = self.attention(self.norm1(hidden_states), output_attentions)
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        attn_out, _ = self.attention(self.norm1(hidden_states), **kwargs)  # the probabilities are recorded by hooks
         hidden_states = hidden_states + drop_path(attn_out, self.drop_path_rate, self.training)
         mlp_out = self.mlp(self.norm2(hidden_states))
         hidden_states = hidden_states + drop_path(mlp_out, self.drop_path_rate, self.training)
-        return hidden_states, weights
+        return hidden_states  # [B, N, D]
 
 
 class SOPPreTrainedModel(PreTrainedModel):
@@ -209,6 +226,12 @@ class SOPPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["SOPEmbeddings", "SOPLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True  # any kernel registered in ALL_ATTENTION_FUNCTIONS
+    # transformers' output capturing: the input of the first block and every block's output (before the final
+    # norm) are the hidden states; every attention's second output (its probabilities) the attentions.
+    _can_record_outputs = {"hidden_states": SOPLayer, "attentions": SOPAttention}
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -290,43 +313,39 @@ def _build_encoder(model: nn.Module, config: SOPConfig, drop_path_rate: float, u
     model.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
-def _run_encoder(
-    model: nn.Module,
-    pixel_values: torch.Tensor,
-    bool_masked_pos: torch.Tensor | None,
-    output_hidden_states: bool,
-    output_attentions: bool,
-) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-    """Embeddings and blocks of ``model``. Returns the last block's output [B, 1 + L, D] (before the final norm), the
-    hidden states (embeddings, then every block) and the attention probabilities when requested."""
-    hidden_states = model.embeddings(pixel_values, bool_masked_pos)  # [B, 1 + L, D]
-    all_hidden = (hidden_states,) if output_hidden_states else None
-    all_attentions = () if output_attentions else None
-    for layer in model.layers:
-        hidden_states, weights = layer(hidden_states, output_attentions)
-        if output_hidden_states:
-            all_hidden = all_hidden + (hidden_states,)
-        if output_attentions:
-            all_attentions = all_attentions + (weights,)
-    return hidden_states, all_hidden, all_attentions
+# Keyword arguments a forward passes down to the blocks and the attention kernel (TransformersKwargs) or reads itself.
+_FORWARD_KWARGS = set(TransformersKwargs.__annotations__) | {"output_hidden_states", "output_attentions"}
 
 
-def _resolve_flags(config: SOPConfig, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
-    """Call arguments win; ``None`` falls back to the config, as in transformers' own models."""
-    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-    output_attentions = config.output_attentions if output_attentions is None else output_attentions
-    return_dict = config.return_dict if return_dict is None else return_dict
-    return bool(output_hidden_states), bool(output_attentions), bool(return_dict)
-
-
-def _pop_vit_kwargs(kwargs: dict, caller: str) -> None:
-    # Accepted for drop-in compatibility with ViTModel callers: this encoder always interpolates.
+def _check_kwargs(kwargs: dict, caller: str) -> None:
+    # interpolate_pos_encoding: accepted for drop-in compatibility with ViTModel callers (this encoder always
+    # interpolates); anything else that is no transformers keyword argument is a caller's mistake.
     kwargs.pop("interpolate_pos_encoding", None)
-    if kwargs:
-        raise TypeError(f"{caller}.forward got unexpected arguments: {sorted(kwargs)}")
+    unexpected = sorted(set(kwargs) - _FORWARD_KWARGS)
+    if unexpected:
+        raise TypeError(f"{caller}.forward got unexpected arguments: {unexpected}")
 
 
-class SOPModel(SOPPreTrainedModel):
+class _EncoderMixin:
+    """The embeddings and blocks of ``SOPModel`` and ``SOPBackbone`` (modules ``embeddings``, ``layers``), with the
+    hidden states and attentions recorded by transformers' output capturing."""
+
+    @capture_outputs(tie_last_hidden_states=False)  # hidden_states[-1] is the last block's output, before the norm
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        """[B, 1 + L, D] output of the last block (before the final norm); ``hidden_states`` (embeddings, then
+        every block) and ``attentions`` when ``output_hidden_states`` / ``output_attentions`` ask for them."""
+        hidden_states = self.embeddings(pixel_values, bool_masked_pos)  # [B, 1 + L, D]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, **kwargs)  # [B, 1 + L, D]
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class SOPModel(_EncoderMixin, SOPPreTrainedModel):
     """The SOP ViT encoder. Returns all tokens after the final norm and the final [CLS] as ``pooler_output``.
 
     Like transformers' ViT models it honours ``config.output_hidden_states`` / ``config.output_attentions`` (call
@@ -355,42 +374,34 @@ class SOPModel(SOPPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.projection
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         bool_masked_pos: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
         """Encode images.
 
         Args:
             pixel_values: [B, C, H, W], H and W multiples of ``patch_size``.
             bool_masked_pos: [B, L] (L = H*W / patch_size**2); True replaces that patch embedding by the mask token.
-            output_hidden_states: Also return the embeddings and every block's output (before the final norm);
-                ``None`` reads ``config.output_hidden_states``.
-            output_attentions: Also return every block's attention probabilities [B, heads, 1 + L, 1 + L]
-                (computed on the eager path for this call); ``None`` reads ``config.output_attentions``.
-            return_dict: Return a ``BaseModelOutputWithPooling`` (default) or a tuple.
+            **kwargs: transformers' keyword arguments: ``output_hidden_states`` (also return the embeddings and every
+                block's output, before the final norm; default ``config.output_hidden_states``),
+                ``output_attentions`` (every block's attention probabilities [B, heads, 1 + L, 1 + L], computed on
+                the eager path for this call; default ``config.output_attentions``), ``return_dict`` (a
+                ``BaseModelOutputWithPooling``, the default, or a tuple); the rest reach the attention kernel.
+                ``interpolate_pos_encoding`` is accepted and ignored (always interpolated).
         """
-        _pop_vit_kwargs(kwargs, type(self).__name__)
-        output_hidden_states, output_attentions, return_dict = _resolve_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
-        hidden_states, all_hidden, all_attentions = _run_encoder(
-            self, pixel_values, bool_masked_pos, output_hidden_states, output_attentions
-        )
-        sequence_output = self.layernorm(hidden_states)  # [B, 1 + L, D]
+        _check_kwargs(kwargs, type(self).__name__)
+        encoded = self.encode(pixel_values, bool_masked_pos, return_dict=True, **kwargs)
+        sequence_output = self.layernorm(encoded.last_hidden_state)  # [B, 1 + L, D]
         pooled_output = sequence_output[:, 0]  # [B, D]
-        if not return_dict:
-            return tuple(v for v in (sequence_output, pooled_output, all_hidden, all_attentions) if v is not None)
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence_output,
             pooler_output=pooled_output,
-            hidden_states=all_hidden,
-            attentions=all_attentions,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
 
 
@@ -425,31 +436,24 @@ class SOPForImageClassification(SOPPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.sop.get_input_embeddings()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        interpolate_pos_encoding: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput | tuple:
         """Classify images.
 
         Args:
             pixel_values: [B, C, H, W], H and W multiples of ``patch_size``.
             labels: [B] class indices (or [B, num_labels] targets for regression / multi-label problems).
-            output_hidden_states, output_attentions, return_dict: As ``SOPModel.forward``.
-            interpolate_pos_encoding: Ignored (always interpolated); accepted as ViT's classifiers do.
+            **kwargs: As ``SOPModel.forward`` (``output_hidden_states``, ``output_attentions``, ``return_dict``;
+                ``interpolate_pos_encoding`` is ignored, accepted as ViT's classifiers do).
         """
         if pixel_values is None:
             raise ValueError("SOPForImageClassification needs pixel_values")
-        output_hidden_states, output_attentions, return_dict = _resolve_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
-        outputs = self.sop(
-            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
-        )
+        outputs = self.sop(pixel_values, return_dict=True, **kwargs)
         tokens = outputs.last_hidden_state  # [B, 1 + L, D]
         features = tokens[:, 0]
         if self.config.classifier_mean_patch:
@@ -458,15 +462,12 @@ class SOPForImageClassification(SOPPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels.to(logits.device), logits, self.config)
-        if not return_dict:
-            rest = tuple(v for v in (logits, outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss,) + rest) if loss is not None else rest
         return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
 
-class SOPBackbone(BackboneMixin, SOPPreTrainedModel):
+class SOPBackbone(BackboneMixin, _EncoderMixin, SOPPreTrainedModel):
     """The encoder as a transformers backbone (``AutoBackbone``) for dense heads (DPT, Mask2Former, ...).
 
     Stages are ``"stem"`` (the embeddings) and ``"stage1"``..``"stageN"`` (block outputs); ``config.out_features`` /
@@ -495,38 +496,39 @@ class SOPBackbone(BackboneMixin, SOPPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.projection
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BackboneOutput | tuple:
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BackboneOutput | tuple:
         """Feature maps of the chosen stages.
 
         Args:
             pixel_values: [B, C, H, W], H and W multiples of ``patch_size``.
-            output_hidden_states: Also return every stage's tokens [B, 1 + L, D] (unnormalised).
-            output_attentions, return_dict: As ``SOPModel.forward``.
+            **kwargs: ``output_hidden_states`` (also return every stage's tokens [B, 1 + L, D], unnormalised),
+                ``output_attentions``, ``return_dict``: as ``SOPModel.forward``.
         """
-        _pop_vit_kwargs(kwargs, type(self).__name__)
-        output_hidden_states, output_attentions, return_dict = _resolve_flags(
-            self.config, output_hidden_states, output_attentions, return_dict
-        )
-        _, hidden_states, attentions = _run_encoder(self, pixel_values, None, True, output_attentions)
+        _check_kwargs(kwargs, type(self).__name__)
+        wants_hidden = kwargs.pop("output_hidden_states", None)
+        wants_hidden = self.config.output_hidden_states if wants_hidden is None else wants_hidden
+        encoded = self.encode(pixel_values, None, output_hidden_states=True, return_dict=True, **kwargs)
         batch_size, _, height, width = pixel_values.shape
         grid_height, grid_width = height // self.config.patch_size, width // self.config.patch_size
         feature_maps = ()
-        for stage, tokens in zip(self.stage_names, hidden_states):
+        for stage, tokens in zip(self.stage_names, encoded.hidden_states):
             if stage in self.out_features:
                 patches = self.layernorm(tokens)[:, 1:]  # [B, h*w, D]
                 feature_map = patches.reshape(batch_size, grid_height, grid_width, -1).permute(0, 3, 1, 2)
                 feature_maps += (feature_map.contiguous(),)  # [B, D, h, w]
-        hidden_states = hidden_states if output_hidden_states else None
-        if not return_dict:
-            return tuple(v for v in (feature_maps, hidden_states, attentions) if v is not None)
-        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states, attentions=attentions)
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=_selected(encoded.hidden_states, wants_hidden),
+                              attentions=encoded.attentions)  # fmt: skip
+
+
+def _selected(hidden_states: tuple, wants: bool | int | list[int] | None) -> tuple | None:
+    """The hidden states ``output_hidden_states`` asks for: all (True), none (False / None), or, for indices (negative
+    ones count from the end), the chosen ones with ``None`` in the other places, as transformers' output capturing."""
+    if wants is None or isinstance(wants, bool):
+        return hidden_states if wants else None
+    count = len(hidden_states)
+    kept = {i % count for i in ([wants] if isinstance(wants, int) else wants) if -count <= i < count}
+    return tuple(h if i in kept else None for i, h in enumerate(hidden_states))
 
 
 __all__ = ["SOPPreTrainedModel", "SOPModel", "SOPForImageClassification", "SOPBackbone"]

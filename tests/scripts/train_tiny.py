@@ -137,7 +137,7 @@ def main():
     model = SOPForPreTraining(SOPConfig(**TINY))
     training_args = SOPTrainingArguments(
         output_dir=args.out_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=1e-3, warmup_steps=2, logging_steps=1,
+        gradient_accumulation_steps=args.grad_accum, base_learning_rate=1e-3, warmup_steps=2, logging_steps=1,
         save_strategy="steps" if args.save_steps else "no", save_steps=args.save_steps or 500, use_cpu=True,
         seed=7, report_to=[], dataloader_num_workers=0, disable_tqdm=True,
         momentum_teacher=1.0 if args.collapse else 0.9, momentum_teacher_end=1.0,

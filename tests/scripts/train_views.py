@@ -54,7 +54,7 @@ def main():
     data = build_train_dataset(load_image_dataset(args.data_dir), crops, patch_size=8, seed=11, use_masks=True)
     training_args = SOPTrainingArguments(
         output_dir=args.out_dir, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch,
-        dataloader_num_workers=args.workers, learning_rate=1e-3, warmup_steps=1, logging_steps=1, use_cpu=True,
+        dataloader_num_workers=args.workers, base_learning_rate=1e-3, warmup_steps=1, logging_steps=1, use_cpu=True,
         seed=11, report_to=[], save_strategy="no", disable_tqdm=True, max_bad_image_fraction=0.05,
     )  # fmt: skip
     trainer = RecordingTrainer(model=SOPForPreTraining(SOPConfig(**TINY)), args=training_args, train_dataset=data,

@@ -25,7 +25,7 @@ from datasets import ClassLabel
 from ..data.sources import EMBEDDED_NAME, available_splits, load_image_dataset, random_subset
 from ..evaluation.cache import FeatureCache, cached_extract_features, hash_state_dict
 from ..evaluation.features import extract_features
-from ..evaluation.knn import DEFAULT_KS, knn_top1
+from ..evaluation.knn import DEFAULT_KS, default_ks, knn_top1
 from ..evaluation.linear_probe import DEFAULT_LRS, linear_probe
 from ..evaluation.retrieval import label_map
 from ..evaluation.visualize import save_feature_scatter
@@ -90,7 +90,12 @@ class DataArguments:
 class KnnArguments:
     """``sop-eval knn``: weighted k-NN (DINO: cosine, T = 0.07) on the final [CLS] features."""
 
-    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS), metadata={"help": "Numbers of neighbours."})
+    ks: list[int] | None = field(
+        default=None,
+        metadata={"aliases": ["--k"], "help": "Numbers of neighbours (also --k). Default "
+                  f"{' '.join(map(str, DEFAULT_KS))}, less those larger than the training set (a note names them); a k you give that is larger than "
+                  "the training set is an error."},
+    )  # fmt: skip
     temperature: float = field(default=0.07, metadata={"help": "Vote temperature; keep 0.07 to compare with papers."})
     plot: str | None = field(default=None, metadata={"help": "Write a 2-D scatter of the test features to this PNG."})
     plot_method: Literal["pca", "tsne"] = field(default="pca", metadata={"help": "Projection of --plot."})
@@ -204,8 +209,14 @@ def run_knn(session: _Session, args: KnnArguments) -> dict[str, float]:
     train_x, train_y, _ = session.features(data.train_data, data.train_split)
     test_x, test_y, test_set = session.features(session.test_name(), data.test_split)
     device = session.device
+    ks = args.ks
+    if ks is None:  # the defaults adapt to small data; a k the user gave is checked by knn_top1
+        ks, dropped = default_ks(len(train_y))
+        if dropped:
+            logger.info("k-NN: default k %s dropped: larger than the %d training samples (k = %s kept)",
+                        ", ".join(map(str, dropped)), len(train_y), ", ".join(map(str, ks)))  # fmt: skip
     accuracies = knn_top1(train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device),
-                          ks=args.ks, temperature=args.temperature)  # fmt: skip
+                          ks=ks, temperature=args.temperature)  # fmt: skip
     if args.plot:
         label_feature = getattr(test_set, "features", {}).get(data.label_column)
         names = getattr(label_feature, "names", None)

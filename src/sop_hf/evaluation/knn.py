@@ -17,6 +17,18 @@ from torch.nn.functional import normalize
 DEFAULT_KS = (10, 20, 100, 200)
 
 
+def default_ks(num_train: int, ks=DEFAULT_KS) -> tuple[list[int], list[int]]:
+    """(kept, dropped): the default ``ks`` that a training set of ``num_train`` samples can serve, and the others.
+
+    Only for defaults: a k the user asked for that exceeds the training set stays an error (``knn_classify``). When
+    every default is too large, ``num_train`` itself is kept (every training sample votes)."""
+    if num_train < 1:
+        raise ValueError(f"k-NN needs at least one training sample, got {num_train}")
+    kept = [k for k in ks if k <= num_train]
+    dropped = [k for k in ks if k > num_train]
+    return (kept or [num_train]), dropped
+
+
 @torch.no_grad()
 def knn_classify(
     train_features: torch.Tensor,

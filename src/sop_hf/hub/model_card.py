@@ -176,6 +176,31 @@ def _recipe_section(config: SOPConfig, card_rows: tuple[tuple[str, str], ...], t
     return f"## Training recipe\n\n{intro}\n\n| Setting | Value |\n|---|---|\n{table}\n"
 
 
+def _recorded_mim_weight(method: str, training: Mapping[str, Any] | None) -> float | None:
+    """The SOP-MIM weight the run used: the record's ``mim_loss_weight`` (the exported config always says 0), or
+    None when unrecorded. A card named ``"sop-mim"`` whose record says 0 would claim what the run did not do."""
+    value = (training or {}).get("mim_loss_weight")
+    if value is None:
+        return None
+    weight = float(value)
+    if method == "sop-mim" and weight <= 0:
+        raise ValueError(f"method 'sop-mim' but the training record says mim_loss_weight={value}: the run trained "
+                         "without SOP-MIM; save it as method 'sop'")  # fmt: skip
+    return weight
+
+
+def _mim_sentence(mim_weight: float | None) -> str:
+    """What the card says about SOP-MIM, from the run's record only."""
+    if mim_weight is None:
+        return (" SOP-MIM, an optional masked-patch loss, is not described here: this run did not record "
+                "`mim_loss_weight`.")  # fmt: skip
+    if mim_weight > 0:
+        return (f" This encoder was trained with SOP-MIM (patch loss weight {mim_weight:g}): the student also saw "
+                "block-masked global crops and matched, for every masked patch, the teacher's assignment of the "
+                "unmasked patch to prototypes drawn from a second memory of patch embeddings.")  # fmt: skip
+    return " This run trained the [CLS] loss only: SOP-MIM, the optional masked-patch loss, was off."
+
+
 def _evaluation_section(results: list[EvalResult]) -> str:
     if not results:
         return (
@@ -300,6 +325,9 @@ def build_model_card(
         ValueError: For an unknown ``method`` or a malformed evaluation result.
     """
     spec, display = card_method(method)
+    mim_weight = _recorded_mim_weight(method, training)
+    if spec is SOP and mim_weight is not None:
+        display = "SOP-MIM" if mim_weight > 0 else "SOP"  # what the run trained, whatever name it was saved under
     repo = repo_id or "<repo_id>"
     results = [to_eval_result(r) for r in eval_results or ()]
     card_data = ModelCardData(
@@ -308,7 +336,8 @@ def build_model_card(
         library_name="transformers",
         pipeline_tag="image-feature-extraction",
         license=license,
-        tags=["sop_hf", "self-supervised-learning", "vision", "image-feature-extraction", method],
+        tags=["sop_hf", "self-supervised-learning", "vision", "image-feature-extraction", method]
+        + (["sop-mim"] if display == "SOP-MIM" and method != "sop-mim" else []),
         base_model=base_model,
         datasets=[training["dataset"]] if training and isinstance(training.get("dataset"), str) else None,
         model_name=(repo_id or f"{method}-{'resnet' if is_resnet_config(config) else 'vit'}") if results else None,
@@ -337,7 +366,7 @@ def build_model_card(
         f"to a global embedding ({outputs}, for k-NN classification, linear probing, retrieval or fine-tuning. "
         "Only the encoder is included: projection heads, the EMA teacher and the memory banks or prototypes stay "
         "with the training checkpoint.\n",
-        f"## Method\n\n{spec.summary}\n\n{context}\n",
+        f"## Method\n\n{spec.summary}{_mim_sentence(mim_weight) if spec is SOP else ''}\n\n{context}\n",
         _architecture_section(config),
         _recipe_section(config, spec.card_rows, training),
     ]

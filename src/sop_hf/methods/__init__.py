@@ -68,22 +68,31 @@ _BASE_FIELDS = {f.name for f in dataclasses.fields(PreTrainedConfig)}
 _SAVED_KEYS = _BASE_FIELDS | {"model_type", "auto_map", "out_features", "out_indices", "stage_names"}
 
 
-def _check_fields(config_class: type[PreTrainedConfig], values: dict, where: str) -> None:
+def _check_fields(config_class: type[PreTrainedConfig], keys, where: str) -> None:
+    """A ``ValueError`` naming the keys that are no field of ``config_class`` (and its fields), for the overrides a
+    user types: a config built from a file or a recipe keeps unknown keys as attributes instead (as
+    ``PreTrainedConfig`` does), but a typo on the command line must fail."""
     own = {f.name for f in dataclasses.fields(config_class)} - _BASE_FIELDS
-    unknown = sorted(k for k in set(values) - own - _SAVED_KEYS if not k.startswith("_") and not hasattr(PreTrainedConfig, k))
+    unknown = sorted(k for k in set(keys) - own - _SAVED_KEYS if not k.startswith("_") and not hasattr(PreTrainedConfig, k))
     if unknown:
         raise ValueError(f"{where}: unknown {config_class.__name__} field(s) {', '.join(unknown)}; its fields are "
                          f"{', '.join(sorted(f for f in own if not f.startswith('_')))}")  # fmt: skip
 
 
 def build_config(method: str, values: dict, overrides: dict | None = None) -> PreTrainedConfig:
-    """The method's config from a recipe's model section (``preset`` expanded, a ``backbone_config`` dict with its
-    ``model_type``), then ``overrides`` (``{"field": value}``, ``"backbone_config.field"`` for the encoder; a
-    ``"preset"`` override replaces the recipe's encoder sizes). Unknown fields are a ``ValueError`` naming them."""
+    """The method's config from a recipe's model section or a saved config (``preset`` expanded, a
+    ``backbone_config`` dict with its ``model_type``), then ``overrides`` (``{"field": value}``,
+    ``"backbone_config.field"`` for the encoder; a ``"preset"`` override replaces the recipe's encoder sizes).
+
+    An override naming no field is a ``ValueError`` naming it; unknown keys of ``values`` are kept as attributes (a
+    ``config.json`` written by a newer version), as ``PreTrainedConfig`` does. An override of ``mim_loss_weight``
+    alone also decides the mask token (``use_mask_token`` follows it unless overridden too)."""
     spec = get_method(method)
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
     overrides = dict(overrides or {})
     preset = overrides.pop("preset", None)
+    _check_fields(spec.config_class, [k for k in overrides if not k.startswith("backbone_config.")],
+                  f"--method {method}")  # fmt: skip
     if preset is not None:  # a preset given as an override replaces the sizes the recipe names
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
@@ -97,16 +106,17 @@ def build_config(method: str, values: dict, overrides: dict | None = None) -> Pr
             values["backbone_config"][key.split(".", 1)[1]] = value
         else:
             values[key] = value
+    if "mim_loss_weight" in overrides and "use_mask_token" not in overrides:
+        values.pop("use_mask_token", None)  # one switch: the mask token follows SOP-MIM
     values = _expand_preset(values)
-    _check_fields(spec.config_class, values, f"--method {method}")
     backbone = values.get("backbone_config")
     if isinstance(backbone, dict):
         from transformers import AutoConfig
 
         backbone = _expand_preset(backbone)
-        model_type = backbone.pop("model_type", "sop")
-        backbone_class = type(AutoConfig.for_model(model_type))
-        _check_fields(backbone_class, backbone, f"--method {method} backbone_config")
+        backbone_class = type(AutoConfig.for_model(backbone.pop("model_type", "sop")))
+        _check_fields(backbone_class, [k.split(".", 1)[1] for k in overrides if k.startswith("backbone_config.")],
+                      f"--method {method} backbone_config")  # fmt: skip
         values["backbone_config"] = backbone_class(**backbone)
     return spec.config_class(**values)
 

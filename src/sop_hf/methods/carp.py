@@ -112,7 +112,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         dict(global_crop_size=224, global_crop_scale=(0.2, 1.0), num_local_crops=6, local_crop_size=96,
              local_crop_scale=(0.05, 0.2), solarize_prob=0.2),
         {**IMAGENET_TRAINING, "per_device_train_batch_size": 32, "momentum_teacher": 0.99, "warmup_epochs": 0,
-         "weight_decay": 1e-6, "weight_decay_end": 1e-6, "lars": True, "learning_rate": 0.45, "min_lr": 0.0048},
+         "weight_decay": 1e-6, "weight_decay_end": 1e-6, "lars": True, "base_learning_rate": 0.45, "min_lr": 0.0048},
     ),  # fmt: skip
 }
 

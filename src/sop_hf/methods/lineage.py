@@ -14,7 +14,7 @@ from transformers import AutoConfig, PreTrainedConfig, ResNetConfig, ResNetModel
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
-from ..configuration_sop import SOPConfig
+from ..configuration_sop import SOPConfig, unknown_fields
 from ..losses.koleo import koleo_loss
 from ..modeling_sop import SOPModel
 from ..modules.heads import SOPHead
@@ -54,6 +54,7 @@ class LineageConfig(PreTrainedConfig):
     zero_init_residual: bool = False
 
     def __post_init__(self, **kwargs):
+        unknown_fields(self, kwargs)  # kept as attributes (as PreTrainedConfig does); a near-typo is logged
         super().__post_init__(**kwargs)
         if not isinstance(self.backbone_config, (SOPConfig, ResNetConfig)):
             raise ValueError(f"{type(self).__name__}.backbone_config must be an SOPConfig or a ResNetConfig, got "

@@ -103,7 +103,7 @@ RECIPES: dict[str, dict[str, dict]] = {
              memory_size=131072, block_size=16384),
         dict(global_crop_size=224, global_crop_scale=(0.32, 1.0), num_local_crops=10, local_crop_size=96,
              local_crop_scale=(0.05, 0.32)),
-        {**IMAGENET_TRAINING, "num_train_epochs": 400, "learning_rate": 7.5e-4, "warmup_epochs": 10,
+        {**IMAGENET_TRAINING, "num_train_epochs": 400, "base_learning_rate": 7.5e-4, "warmup_epochs": 10,
          "momentum_teacher": 0.996, "warmup_teacher_temp": 0.04, "teacher_temp": 0.07,
          "warmup_teacher_temp_epochs": 50},
     ),  # fmt: skip

@@ -267,9 +267,7 @@ SOP = Method(
         "*support embeddings*. An anchor and its supports form a self-organizing prototype: a view is scored "
         "against all support embeddings, each support votes for its prototype with a soft label (the anchor "
         "votes most strongly), and the student is trained to reproduce the teacher's voted distribution over "
-        "prototypes across views. Several independent anchor draws (tasks) are averaged per step. With SOP-MIM "
-        "(on by default) the student also sees block-masked global crops and matches, for every masked patch, the "
-        "teacher's assignment of the unmasked patch to prototypes drawn from a second memory of patch embeddings."
+        "prototypes across views. Several independent anchor draws (tasks) are averaged per step."
     ),
     citation=_SOP_BIBTEX,
     config_class=SOPConfig,

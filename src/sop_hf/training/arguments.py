@@ -2,30 +2,53 @@
 
 The loop is transformers' ``Trainer``; these fields add what self-distillation needs: the teacher's EMA momentum and
 temperature schedules, the weight-decay schedule, DINO's learning-rate scaling and per-parameter gradient clipping.
+
+The peak learning rate, as in transformers' ``run_mae.py``: ``--learning_rate`` is the rate itself (as in
+``Trainer``); ``--base_learning_rate`` is the rate for a global batch of 256, scaled by global batch / 256. The rule:
+
+- give at most one of them; both, with ``learning_rate != base_learning_rate * global batch / 256``, is a
+  ``ValueError`` naming both;
+- a value a recipe supplies (a ``RecipeRate``, what ``recipe_defaults`` turns a recipe's rate into) is a default:
+  the user's explicit other flag replaces it, so ``--recipe demo --learning_rate 1e-3`` trains at exactly 1e-3;
+- neither: ``base_learning_rate`` 5e-4 (SOP / DINO).
+
+After ``__post_init__``, ``learning_rate`` holds the rate at the batch the arguments describe (as ``run_mae.py``
+leaves it) and ``base_learning_rate`` stays set when it is the origin; ``SOPTrainer`` logs which at train start.
 Changed defaults: ``remove_unused_columns=False`` (the image column must reach the collator),
 ``ddp_broadcast_buffers=False`` (the banks are identical on every rank already; broadcasting them every step would
 cost ~64 MB of traffic), ``max_grad_norm=0`` (SOP clips per parameter, see ``clip_grad_per_param``).
 """
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
+from ..methods.recipes import RecipeRate
 from .schedules import LR_SCHEDULES
+
+DEFAULT_BASE_LEARNING_RATE = 5e-4  # SOP / DINO: 5e-4 x global batch / 256
 
 
 @dataclass
 class SOPTrainingArguments(TrainingArguments):
-    learning_rate: float = field(
-        default=5e-4,
-        metadata={"help": "Peak learning rate for a global batch of 256 (scaled by global batch / 256 unless "
-                  "--scale_lr_with_batch_size false). SOP/DINO use 5e-4; tiny CPU models like 3x that."},
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate, absolute (as in Trainer): not scaled by the batch. Give this or "
+                  "--base_learning_rate; it replaces a recipe's base rate. Use it to reproduce a run's exact rate."},
     )  # fmt: skip
-    scale_lr_with_batch_size: bool = field(
-        default=True,
-        metadata={"help": "Multiply learning_rate by global_batch / 256 (DINO's linear scaling rule)."},
-    )
+    base_learning_rate: float | None = field(
+        default=RecipeRate(DEFAULT_BASE_LEARNING_RATE),
+        metadata={"help": "Peak learning rate for a global batch of 256: the rate is base_learning_rate x global "
+                  "batch / 256 (DINO's linear scaling rule, run_mae.py's flag). SOP/DINO use 5e-4; tiny CPU models "
+                  "like 3x that. Replaced by an explicit --learning_rate."},
+    )  # fmt: skip
+    scale_lr_with_batch_size: bool | None = field(
+        default=None,
+        metadata={"help": "Removed: --learning_rate is now the absolute rate and --base_learning_rate the one "
+                  "scaled by global batch / 256. Giving this flag is an error saying which to use."},
+    )  # fmt: skip
     min_lr: float = field(default=1e-6, metadata={"help": "Final learning rate of the cosine decay."})
     warmup_epochs: float = field(
         default=10.0,
@@ -128,11 +151,17 @@ class SOPTrainingArguments(TrainingArguments):
     )  # fmt: skip
 
     def __post_init__(self):
+        if self.scale_lr_with_batch_size is not None:
+            use = "--base_learning_rate RATE" if self.scale_lr_with_batch_size else "--learning_rate RATE"
+            raise ValueError(f"--scale_lr_with_batch_size was removed: --learning_rate is now the absolute peak rate "
+                             f"(as in Trainer) and --base_learning_rate the rate scaled by global batch / 256; for "
+                             f"--scale_lr_with_batch_size {self.scale_lr_with_batch_size} pass {use}")  # fmt: skip
         kind = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
         if kind not in LR_SCHEDULES:
             raise ValueError(f"--lr_scheduler_type must be one of {', '.join(LR_SCHEDULES)} (SOPTrainer's schedules), "
                              f"got {kind!r}")  # fmt: skip
         super().__post_init__()
+        self._choose_learning_rate()  # after the device setup: the rule compares rates at the global batch
         if self.dataloader_pin_memory and not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # pinned memory only helps host-to-GPU copies (and warns without one)
         checks = {
@@ -167,6 +196,50 @@ class SOPTrainingArguments(TrainingArguments):
             self.warmup_teacher_patch_temp = self.warmup_teacher_temp
         if self.clip_grad_per_param > 0 and self.max_grad_norm > 0:
             raise ValueError("Use one gradient clipping: --clip_grad_per_param 0 with --max_grad_norm, or vice versa")
+        if self.base_learning_rate is not None:  # run_mae.py's rule; the trainer recomputes it from its own batch
+            self.learning_rate = self.peak_learning_rate(self.global_batch_size)
+
+    def _choose_learning_rate(self) -> None:
+        """Keep one origin of the peak rate (the rule in the module docstring), before any other check."""
+        lr, base = self.learning_rate, self.base_learning_rate
+        for name, value in (("learning_rate", lr), ("base_learning_rate", base)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name} must be a finite number >= 0, got {value!r}")
+        if lr is not None and base is not None:
+            if isinstance(base, RecipeRate) and not isinstance(lr, RecipeRate):
+                base = None  # the user's absolute rate replaces the recipe's (or the default) base rate
+            elif isinstance(lr, RecipeRate) and not isinstance(base, RecipeRate):
+                lr = None  # the user's base rate replaces a recipe's absolute rate
+            elif not math.isclose(lr, base * self.global_batch_size / 256, rel_tol=1e-9, abs_tol=0.0):
+                raise ValueError(
+                    f"--learning_rate {lr:g} and --base_learning_rate {base:g} both set the peak rate: give one "
+                    f"(--learning_rate is absolute; --base_learning_rate is scaled by global batch / 256, here "
+                    f"{self.global_batch_size})"
+                )
+        if lr is None and base is None:
+            base = RecipeRate(DEFAULT_BASE_LEARNING_RATE)
+        self.learning_rate = None if lr is None else float(lr)
+        self.base_learning_rate = None if base is None else float(base)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per optimizer step over all processes: per-device batch x processes x accumulation steps."""
+        return self.per_device_train_batch_size * self.world_size * self.gradient_accumulation_steps
+
+    def peak_learning_rate(self, global_batch_size: int) -> float:
+        """The peak rate at ``global_batch_size``: base x batch / 256 when the base rate is the origin, else
+        ``learning_rate`` as given."""
+        if self.base_learning_rate is not None:
+            return self.base_learning_rate * global_batch_size / 256
+        return self.learning_rate
+
+    def describe_learning_rate(self, global_batch_size: int) -> str:
+        """How the peak rate was derived, for the log at train start."""
+        rate = self.peak_learning_rate(global_batch_size)
+        if self.base_learning_rate is not None:
+            return (f"learning rate {rate:.6g} = base {self.base_learning_rate:g} x global batch {global_batch_size} "
+                    "/ 256 (--base_learning_rate)")  # fmt: skip
+        return f"learning rate {rate:g} (--learning_rate, absolute)"
 
     # --- preemption (docs/distributed.md, "Preemption"); validated by SOPTrainer ---------------------------------
     preemption_signals: str = field(

@@ -1,9 +1,9 @@
 """SOPTrainer: transformers' ``Trainer`` for SOP pretraining (the library's one training loop).
 
 What it adds to ``Trainer``: the scheduled temperatures passed to ``SOPForPreTraining.forward``; AdamW param groups
-with weight decay on >= 2-D non-bias tensors only (cosine-scheduled); DINO's learning rate (peak scaled by global
-batch / 256, linear warm-up, cosine to ``min_lr``); per-parameter clipping; the teacher EMA after every optimizer
-step; logs of ``sop_loss``, ``mim_loss``, momentum, teacher temperature and bank fill. Launch it with
+with weight decay on >= 2-D non-bias tensors only (cosine-scheduled); DINO's learning rate (the peak is
+``--learning_rate``, or ``--base_learning_rate`` x global batch / 256; linear warm-up, cosine to ``min_lr``);
+per-parameter clipping; the teacher EMA after every optimizer step; logs of ``sop_loss``, ``mim_loss``, momentum, teacher temperature and bank fill. Launch it with
 ``accelerate launch`` (see ``examples/pretrain_sop.py``).
 
 It is built on ``Trainer``'s public extension points (``create_optimizer``, ``create_scheduler``, ``compute_loss``,
@@ -174,8 +174,8 @@ class SOPTrainer(Trainer):
 
     @property
     def peak_learning_rate(self) -> float:
-        scale = self.global_batch_size / 256 if self.args.scale_lr_with_batch_size else 1.0
-        return self.args.learning_rate * scale
+        """``--learning_rate`` as given, or ``--base_learning_rate`` x global batch / 256 (SOPTrainingArguments)."""
+        return self.args.peak_learning_rate(self.global_batch_size)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         """Weight decay on tensors with >= 2 dims that are not biases (docs/method.md §11)."""
@@ -360,6 +360,7 @@ class SOPTrainer(Trainer):
                 raise ValueError(f"resume requested but {self.args.output_dir} holds no complete checkpoint")
         if resume_from_checkpoint:
             verify_checkpoint(resume_from_checkpoint, self.accelerator.unwrap_model(self.model))
+        logger.info(self.args.describe_learning_rate(self.global_batch_size))
         if self.args.should_save:
             clear_preemption_record(self.args.output_dir)
         self.preemption.install()
