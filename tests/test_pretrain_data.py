@@ -58,3 +58,16 @@ def test_load_training_data__held_out_split_named_and_arguments_untouched(tmp_pa
     data = load_training_data(embedded, seed=0, wants_eval=True)
     assert (len(data.train), len(data.knn[1]), data.eval_split) == (100, 1000, "test")
     assert load_training_data(embedded, seed=0, wants_eval=False).knn is None
+
+
+def test_load_training_data__cache_dir_of_the_flags_holds_the_prepared_dataset(tmp_path):
+    """run_mim.py's --cache_dir / --model_revision / --token parse, and --cache_dir is where datasets prepares data."""
+    write_images(tmp_path / "imgs" / "train", 8)
+    cache = tmp_path / "cache"
+    args = parse_arguments(["--dataset_name", str(tmp_path / "imgs"), "--cache_dir", str(cache), "--model_revision",
+                            "v1", "--token", "hf_x", "--knn_eval", "false", "--output_dir", "o"])  # fmt: skip
+    assert (args.model.cache_dir, args.model.model_revision, args.model.token) == (str(cache), "v1", "hf_x")
+    assert not cache.exists()
+    data = load_training_data(args.data, seed=0, wants_eval=False, cache_dir=args.model.cache_dir)
+    assert len(data.train) == 8
+    assert any(path.suffix == ".arrow" for path in cache.rglob("*"))  # the prepared split lives under --cache_dir

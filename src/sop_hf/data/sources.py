@@ -233,9 +233,10 @@ def load_image_dataset(
     streaming: bool = False,
     cache_dir: str | None = None,
     data_files: Mapping[str, str | Sequence[str]] | None = None,
+    token: str | bool | None = None,
 ):
     """Resolve ``name`` or ``data_files`` (see the module docstring) and check that ``image_column`` exists and the
-    split is not empty."""
+    split is not empty. ``token`` authenticates a Hub dataset (None: the stored login)."""
     if data_files:
         files = [f for value in data_files.values() for f in ([value] if isinstance(value, str) else value)]
         builder = _builder_of_files(files) or "imagefolder"
@@ -248,7 +249,8 @@ def load_image_dataset(
     elif os.path.exists(name):
         dataset = _load_local(name, split, streaming, cache_dir)
     else:
-        dataset = datasets.load_dataset(name, config, split=split, streaming=streaming, cache_dir=cache_dir)
+        dataset = datasets.load_dataset(name, config, split=split, streaming=streaming, cache_dir=cache_dir,
+                                        token=token)  # fmt: skip
     if streaming and isinstance(dataset, datasets.Dataset):
         dataset = dataset.to_iterable_dataset()
     columns = list(dataset.column_names or (dataset.features or {}).keys())

@@ -38,8 +38,8 @@ class ModelArguments:
 
     method: str = field(
         default="sop",
-        metadata={"help": f"Pretraining method: {', '.join(METHODS)}. 'sop' is SOP with SOP-MIM; 'massl' memory "
-                  "blocks, 'carp' random partitions of learnable prototypes, 'carl' one block (docs/lineage.md)."},
+        metadata={"help": f"Pretraining method: {', '.join(METHODS)} (docs/lineage.md compares them; SOP's patch "
+                  "loss, SOP-MIM, is on when mim_loss_weight > 0)."},
     )  # fmt: skip
     recipe: str | None = field(
         default=None,
@@ -77,6 +77,16 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow code shipped in --model_name_or_path / --config_name to run."}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where Hub datasets and models are cached (as in run_mim.py / run_mae.py)."}
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Branch, tag or commit of --model_name_or_path on the Hub."}
+    )
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token for private datasets and models (default: the one `hf auth login` stored)."},
     )
 
     def overrides(self) -> dict:

@@ -25,11 +25,14 @@ class TrainingData(NamedTuple):
     eval_split: str | None
 
 
-def load_training_data(data_args, seed: int, wants_eval: bool) -> TrainingData:
+def load_training_data(data_args, seed: int, wants_eval: bool, cache_dir: str | None = None,
+                       token: str | None = None) -> TrainingData:  # fmt: skip
     """The training split (a seeded ``--max_train_samples`` subset when asked) and, when ``wants_eval``, the labelled
-    pair the k-NN monitor and the final k-NN read."""
+    pair the k-NN monitor and the final k-NN read. ``cache_dir`` and ``token`` (``--cache_dir``, ``--token``) reach
+    ``datasets``."""
     data_files = data_files_mapping(data_args.train_dir, data_args.validation_dir, data_args.data_files)
-    load = dict(config=data_args.dataset_config_name, image_column=data_args.image_column_name, data_files=data_files)
+    load = dict(config=data_args.dataset_config_name, image_column=data_args.image_column_name, data_files=data_files,
+                cache_dir=cache_dir, token=token)  # fmt: skip
     train = load_image_dataset(data_args.dataset_name, split=data_args.split, streaming=data_args.streaming, **load)
     label = data_args.label_column_name
     if data_args.max_train_samples:

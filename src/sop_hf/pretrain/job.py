@@ -143,7 +143,8 @@ def run(args: ParsedArguments, *, trainer_class: type = SOPTrainer, callbacks=()
                 json.dumps(config.to_diff_dict(), sort_keys=True, default=str))  # fmt: skip
 
     # Data: fail before any compute on a missing column, an unknown split or an empty dataset.
-    data = load_training_data(data_args, training_args.seed, wants_eval=knn_eval or monitor_steps > 0)
+    data = load_training_data(data_args, training_args.seed, wants_eval=knn_eval or monitor_steps > 0,
+                              cache_dir=model_args.cache_dir, token=model_args.token)  # fmt: skip
     patch_size = getattr(getattr(config, "backbone_config", config), "patch_size", 1)  # a ResNet has no patches
     train_dataset = build_train_dataset(data.train, data_args, patch_size=patch_size, seed=training_args.seed,
                                         use_masks=spec.uses_masks(config),

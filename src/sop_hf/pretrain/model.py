@@ -25,7 +25,8 @@ def build_model(model_args, recipe_values: dict):
         if overrides or model_args.config_name or given:
             raise ValueError("--model_name_or_path brings its own config: drop --config_name / --config_overrides"
                              + "".join(f" / {flag}" for flag in given))  # fmt: skip
-        model = spec.model_class.from_pretrained(model_args.model_name_or_path,
+        model = spec.model_class.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+                                                 revision=model_args.model_revision, token=model_args.token,
                                                  trust_remote_code=model_args.trust_remote_code)  # fmt: skip
         return model.config, model
     values = recipe_values["model"]

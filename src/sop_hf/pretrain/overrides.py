@@ -50,6 +50,9 @@ def parse_config_overrides(text: str | None) -> dict:
     return values
 
 
+_BOOLEAN_TYPES = (bool, "bool", bool | None, "bool | None")  # an optional flag (None: follows another field)
+
+
 def typed_for(config_class: type, values: dict) -> dict:
     """``values`` with update_from_string's boolean spellings (``yes``, ``0`` ...) turned into booleans for the fields
     of ``config_class`` declared ``bool`` (a new dict; dotted keys are left to the encoder's config).
@@ -57,7 +60,7 @@ def typed_for(config_class: type, values: dict) -> dict:
     Raises:
         ValueError: A boolean field given a value that names neither true nor false.
     """
-    booleans = {f.name for f in dataclasses.fields(config_class) if f.type in (bool, "bool")}
+    booleans = {f.name for f in dataclasses.fields(config_class) if f.type in _BOOLEAN_TYPES}
     typed = dict(values)
     for key, value in values.items():
         if key not in booleans or isinstance(value, bool):
