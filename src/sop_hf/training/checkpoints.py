@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 STAGING_DIR = ".staging"
 COMPLETE_MARKER = "checkpoint_complete.json"
 BANK_STATE_KEYS = ("step_count",)  # plus every "<bank>.rows" / "<bank>.ptr" of the model
+SHARDED_DIR = "sharded_state"  # FSDP2: the DCP folder inside checkpoint-N (model, banks and optimizer, a file per rank)
 
 
 def checkpoint_step(path: str) -> int:
@@ -63,14 +64,38 @@ def publish_checkpoint(run_dir: str, step: int, world_size: int, save_total_limi
     return final
 
 
+def sharded_state_problems(path: str) -> list[str]:
+    """What the DCP folder of checkpoint ``path`` lacks: its metadata, or a storage file the metadata names."""
+    folder = os.path.join(path, SHARDED_DIR)
+    if not os.path.exists(os.path.join(folder, ".metadata")):
+        return [f"{SHARDED_DIR}/.metadata (sharded model and optimizer state)"]
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(folder).read_metadata().storage_data
+    except Exception as error:  # noqa: BLE001 - a truncated metadata file
+        return [f"{SHARDED_DIR}/.metadata is unreadable ({type(error).__name__}: {error})"]
+    ends: dict[str, int] = {}  # shard file -> the end of its last item: a shorter file was cut short
+    for info in storage.values():
+        name = getattr(info, "relative_path", None)
+        if name is not None:
+            ends[name] = max(ends.get(name, 0), int(getattr(info, "offset", 0)) + int(getattr(info, "length", 0)))
+    problems = []
+    for name, end in sorted(ends.items()):
+        file = os.path.join(folder, name)
+        if not os.path.exists(file):
+            problems.append(f"{SHARDED_DIR}/{name} (a shard)")
+        elif os.path.getsize(file) < end:
+            problems.append(f"{SHARDED_DIR}/{name} (cut short: {os.path.getsize(file)} of {end} bytes)")
+    return problems
+
+
 def checkpoint_problems(path: str, model=None) -> list[str]:
     """What a checkpoint lacks to resume exactly (empty when it is complete)."""
     problems = []
     if not os.path.isdir(path):
         return [f"{path} is not a folder"]
     files = set(os.listdir(path))
-    from .fsdp2 import SHARDED_DIR, sharded_state_problems  # here: fsdp2 imports this module's names
-
     sharded = SHARDED_DIR in files  # FSDP2: model, banks and optimizer as DCP shards
     for name, what in (("trainer_state.json", "trainer"), ("optimizer.pt", "optimizer"), ("scheduler.pt", "scheduler")):
         if name not in files and not (sharded and name == "optimizer.pt"):

@@ -41,9 +41,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from .checkpoints import COMPLETE_MARKER, STAGING_DIR
+from .checkpoints import COMPLETE_MARKER, SHARDED_DIR, STAGING_DIR, sharded_state_problems
 
-SHARDED_DIR = "sharded_state"  # the DCP folder inside checkpoint-N (model, banks and optimizer, one file per rank)
 EXTRA_STATE = "extra_state_{rank}.pt"  # what the harness keeps per rank besides DCP (its RNG, its step)
 
 
@@ -234,32 +233,6 @@ def save_sharded_checkpoint(run_dir: str, step: int, model, optimizer=None, extr
         finish_staged_checkpoint(run_dir, name, {"global_step": step, "world_size": world})
     _barrier()
     return final
-
-
-def sharded_state_problems(path: str) -> list[str]:
-    """What the DCP folder of checkpoint ``path`` lacks: its metadata, or a storage file the metadata names."""
-    folder = os.path.join(path, SHARDED_DIR)
-    if not os.path.exists(os.path.join(folder, ".metadata")):
-        return [f"{SHARDED_DIR}/.metadata (sharded model and optimizer state)"]
-    from torch.distributed.checkpoint import FileSystemReader
-
-    try:
-        storage = FileSystemReader(folder).read_metadata().storage_data
-    except Exception as error:  # noqa: BLE001 - a truncated metadata file
-        return [f"{SHARDED_DIR}/.metadata is unreadable ({type(error).__name__}: {error})"]
-    ends: dict[str, int] = {}  # shard file -> the end of its last item: a shorter file was cut short
-    for info in storage.values():
-        name = getattr(info, "relative_path", None)
-        if name is not None:
-            ends[name] = max(ends.get(name, 0), int(getattr(info, "offset", 0)) + int(getattr(info, "length", 0)))
-    problems = []
-    for name, end in sorted(ends.items()):
-        file = os.path.join(folder, name)
-        if not os.path.exists(file):
-            problems.append(f"{SHARDED_DIR}/{name} (a shard)")
-        elif os.path.getsize(file) < end:
-            problems.append(f"{SHARDED_DIR}/{name} (cut short: {os.path.getsize(file)} of {end} bytes)")
-    return problems
 
 
 def sharded_checkpoint_problems(path: str) -> list[str]:
