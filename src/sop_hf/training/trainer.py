@@ -56,7 +56,6 @@ from .schedules import cosine_schedule, lr_multiplier, warmup_constant_schedule
 
 logger = logging.getLogger(__name__)
 
-LOGGED_TERMS = ("sop_loss", "mim_loss", "koleo_loss", "uniformity_loss", "teacher_entropy")  # when a model returns them
 STAGING_DIR = ".staging"
 COMPLETE_MARKER = "checkpoint_complete.json"
 BANK_STATE_KEYS = ("step_count",)  # plus every "<bank>.rows" / "<bank>.ptr" of the model
@@ -201,12 +200,10 @@ class SOPTrainer(Trainer):
             self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad
             if image_status is not None:
                 self._count_images(sample_index, image_status)
-            for key in LOGGED_TERMS:
-                value = outputs.get(key)
-                if value is not None:
-                    value = value.detach().float()
-                    self._term_sums[key] = self._term_sums[key] + value if key in self._term_sums else value
-                    self._term_counts[key] += 1
+            for key, value in (outputs.get("loss_terms") or {}).items():  # the terms the method declares
+                value = value.detach().float()
+                self._term_sums[key] = self._term_sums[key] + value if key in self._term_sums else value
+                self._term_counts[key] += 1
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
