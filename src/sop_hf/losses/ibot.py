@@ -47,4 +47,24 @@ def masked_patch_loss(student_patch_logits: torch.Tensor, teacher_patch_probs: t
         return per_crop.mean()
 
 
-__all__ = ["masked_patch_loss"]
+def masked_rows_patch_loss(student_rows: torch.Tensor, teacher_rows: torch.Tensor, bool_masked_pos: torch.Tensor,
+                           student_temp: float) -> torch.Tensor:
+    """``masked_patch_loss`` from the masked patches' rows only: [M, K] student logits and teacher targets, in the
+    order of ``bool_masked_pos.nonzero()`` ([N, L] masks, M = masks.sum()). Same value, without the unmasked rows'
+    work (the student head then maps only the masked tokens)."""
+    if not 0 < student_temp < float("inf"):
+        raise ValueError(f"student_temp must be a finite number > 0, got {student_temp}")
+    num_masked = int(bool_masked_pos.sum()) if student_rows.shape[0] else 0
+    if student_rows.shape != teacher_rows.shape or student_rows.shape[0] != num_masked:
+        raise ValueError(f"student rows {tuple(student_rows.shape)} and teacher rows {tuple(teacher_rows.shape)} must "
+                         f"both be [M, K] with M = {num_masked} masked patches")  # fmt: skip
+    with no_autocast(student_rows):
+        dtype = math_dtype(student_rows)
+        log_p = (student_rows.to(dtype) / student_temp).log_softmax(-1)  # [M, K]
+        ce = -(teacher_rows.detach().to(dtype) * log_p).sum(-1)  # [M]
+        counts = bool_masked_pos.sum(-1).to(dtype).clamp_min(1.0)  # [N]
+        crop = bool_masked_pos.nonzero()[:, 0]  # [M]: the crop of each masked row
+        return (ce / counts[crop]).sum() / bool_masked_pos.shape[0]
+
+
+__all__ = ["masked_patch_loss", "masked_rows_patch_loss"]

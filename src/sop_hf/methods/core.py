@@ -37,7 +37,8 @@ class ViewEmbeddings:
     Attributes:
         student: [V*B, d] student head outputs of the [CLS] (or pooled) feature, view-major (globals, then locals).
         teacher: [2*B, d] teacher head outputs of the global views (no gradient).
-        student_patches: [2*B, L, d] student head outputs of the (masked) global crops' patch tokens, or None.
+        student_patches: [2*B, L, d] student head outputs of the (masked) global crops' patch tokens ([M, d], the
+            masked ones only, with ``masked_patches_only``), or None.
         teacher_patches: [2*B, L, d] teacher head outputs of the unmasked global crops' patch tokens, or None.
         batch: B, images per view.
     """
@@ -180,11 +181,14 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         local_pixel_values: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
         patch_tokens: bool = False,
+        masked_patches_only: bool = False,
     ) -> ViewEmbeddings:
         """The forward prologue: the teacher encodes the unmasked global crops, the student the (masked) global crops
         and the local crops; the heads map [CLS] (pooled) features and, with ``patch_tokens``, the global crops'
         patch tokens. Shapes in ``ViewEmbeddings``; the encoders' ``pooler_output`` is flattened (a ResNet's
-        [B, D, 1, 1] global pool)."""
+        [B, D, 1, 1] global pool). ``masked_patches_only`` (with ``patch_tokens`` and masks): the student head maps
+        only the M masked patch tokens, ``student_patches`` is [M, d] in ``bool_masked_pos`` order (iBOT: a loss on
+        masked patches only needs no more; the teacher still maps every patch)."""
         batch = check_views(pixel_values, local_pixel_values)
         student = self._student_encoder()
         has_locals = local_pixel_values is not None and local_pixel_values.shape[0] > 0
@@ -198,7 +202,11 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         masks = bool_masked_pos if patch_tokens else None
         s_out = student(pixel_values, bool_masked_pos=masks) if masks is not None else student(pixel_values)
         s_patches = None
-        if patch_tokens:
+        if patch_tokens and masked_patches_only and masks is not None:
+            tokens = s_out.last_hidden_state  # [2B, 1+L, D]
+            rows = self.head(torch.cat((tokens[:, 0], tokens[:, 1:][masks])))  # [2B + M, d]
+            s_cls, s_patches = rows[: tokens.shape[0]], rows[tokens.shape[0] :]  # [2B, d], [M, d]
+        elif patch_tokens:
             s_emb = self.head(s_out.last_hidden_state)  # [2B, 1+L, d]
             s_cls, s_patches = s_emb[:, 0], s_emb[:, 1:]
         elif not self.head_over_all_views:

@@ -22,7 +22,7 @@ and adds the patch layer, the patch centre and the patch term.
 import torch
 
 from ..losses.dino import centered_teacher_probs, updated_center
-from ..losses.ibot import masked_patch_loss
+from ..losses.ibot import masked_rows_patch_loss
 from .core import Method
 from .dino import DINOConfig, DINOForPreTraining, DINOPrototypes
 from .lineage import LineageForPreTrainingOutput
@@ -110,16 +110,17 @@ class IBOTForPreTraining(DINOForPreTraining):
         teacher_patch_temp = config.teacher_patch_temp if teacher_patch_temp is None else teacher_patch_temp
         return_dict = return_dict if return_dict is not None else config.return_dict
         use_mim = bool_masked_pos is not None and config.mim_loss_weight > 0
-        views = self.encode_views(pixel_values, local_pixel_values, bool_masked_pos, patch_tokens=use_mim)
+        views = self.encode_views(pixel_values, local_pixel_values, bool_masked_pos, patch_tokens=use_mim,
+                                  masked_patches_only=True)  # student patches: [M, d], the masked ones only
         cls_loss, terms = self.method_loss(views.student, views.teacher, student_temp, teacher_temp)
         terms["cls_loss"], loss = cls_loss.detach(), cls_loss
         if use_mim:
             student_layer, teacher_layer = self.patch_layers()
-            s_logits = student_layer(views.student_patches)  # [2B, L, K_p]
+            s_logits = student_layer(views.student_patches)  # [M, K_p]
             with torch.no_grad():
-                t_logits = teacher_layer(views.teacher_patches)  # [2B, L, K_p]
-            targets = centered_teacher_probs(t_logits, self.patch_center, teacher_patch_temp)  # [2B, L, K_p]
-            terms["mim_loss"] = masked_patch_loss(s_logits, targets, bool_masked_pos, student_temp)
+                t_logits = teacher_layer(views.teacher_patches)  # [2B, L, K_p]: every patch feeds the centre
+            targets = centered_teacher_probs(t_logits[bool_masked_pos], self.patch_center, teacher_patch_temp)  # [M, K_p]
+            terms["mim_loss"] = masked_rows_patch_loss(s_logits, targets, bool_masked_pos, student_temp)
             loss = loss + config.mim_loss_weight * terms["mim_loss"]
             if self.training:
                 self.patch_center.copy_(updated_center(self.patch_center, t_logits, config.center_momentum))
