@@ -24,7 +24,9 @@ def dino(**fields):
 
 
 def inputs(batch=4, local=2):
-    return dict(pixel_values=torch.randn(2 * batch, 3, 32, 32), local_pixel_values=torch.randn(local * batch, 3, 16, 16))
+    return dict(
+        pixel_values=torch.randn(2 * batch, 3, 32, 32), local_pixel_values=torch.randn(local * batch, 3, 16, 16)
+    )
 
 
 # --- the loss as tensor functions -----------------------------------------------------------------------------
@@ -45,7 +47,9 @@ def test_cross_entropy__one_hot_teacher_is_the_students_log_prob_at_that_index()
     teacher = centered_teacher_probs(logits, torch.zeros(1, k, dtype=F64), 0.04)  # one-hot up to exp(-25000)
     log_p = (student / 0.1).log_softmax(-1)
     # pairs (student view 0, teacher view 1) and (student view 1, teacher view 0)
-    expected = -(log_p[:batch].gather(1, index[batch:, None]).mean() + log_p[batch:].gather(1, index[:batch, None]).mean()) / 2
+    expected = (
+        -(log_p[:batch].gather(1, index[batch:, None]).mean() + log_p[batch:].gather(1, index[:batch, None]).mean()) / 2
+    )
     torch.testing.assert_close(dino_cross_entropy(student, teacher, 0.1), expected)
 
 
@@ -73,12 +77,14 @@ def test_updated_center__is_the_ema_of_the_batch_mean():
     torch.testing.assert_close(updated_center(center, logits, 1.0), center)
 
 
-@pytest.mark.parametrize(
-    "call, message",
-    [(lambda: centered_teacher_probs(torch.zeros(2, 3), torch.zeros(1, 3), 0.0), "teacher_temp must be a finite number > 0, got 0.0"),
-     (lambda: dino_cross_entropy(torch.zeros(4, 3), torch.zeros(4, 3), -1.0), "student_temp must be a finite number > 0, got -1.0"),
-     (lambda: updated_center(torch.zeros(1, 3), torch.zeros(2, 3), 1.5), "center momentum must be in [0, 1], got 1.5")],
-)  # fmt: skip
+BAD_CALLS = [
+    (lambda: centered_teacher_probs(torch.zeros(2, 3), torch.zeros(1, 3), 0.0), "teacher_temp must be a finite number > 0"),
+    (lambda: dino_cross_entropy(torch.zeros(4, 3), torch.zeros(4, 3), -1.0), "student_temp must be a finite number > 0"),
+    (lambda: updated_center(torch.zeros(1, 3), torch.zeros(2, 3), 1.5), "center momentum must be in [0, 1], got 1.5"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD_CALLS)
 def test_losses__bad_arguments_name_the_value(call, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
         call()

@@ -31,8 +31,8 @@ def masks(batch=4, seed=0):
 
 
 def inputs(batch=4, local=2):
-    return dict(pixel_values=torch.randn(2 * batch, 3, 32, 32), local_pixel_values=torch.randn(local * batch, 3, 16, 16),
-                bool_masked_pos=masks(batch))  # fmt: skip
+    pixels, local_pixels = torch.randn(2 * batch, 3, 32, 32), torch.randn(local * batch, 3, 16, 16)
+    return dict(pixel_values=pixels, local_pixel_values=local_pixels, bool_masked_pos=masks(batch))
 
 
 # --- the loss -------------------------------------------------------------------------------------------------
@@ -57,7 +57,11 @@ def test_masked_patch_loss__one_hot_targets_average_per_crop_then_over_crops():
 
 
 def test_masked_rows_patch_loss__equals_the_dense_form():
-    student, teacher, mask = torch.randn(8, PATCHES, 7, dtype=F64), torch.randn(8, PATCHES, 7, dtype=F64).softmax(-1), masks()
+    student, teacher, mask = (
+        torch.randn(8, PATCHES, 7, dtype=F64),
+        torch.randn(8, PATCHES, 7, dtype=F64).softmax(-1),
+        masks(),
+    )
     dense = masked_patch_loss(student, teacher, mask, 0.1)
     torch.testing.assert_close(masked_rows_patch_loss(student[mask], teacher[mask], mask, 0.1), dense)
 
@@ -116,9 +120,13 @@ def test_step__without_masks_or_with_weight_zero_is_dino():
 def test_config__defaults_and_bad_values():
     config = IBOTConfig()
     assert (config.num_prototypes, config.num_patch_prototypes, config.shared_head) == (8192, 8192, True)
-    with pytest.raises(ValueError, match=r"^IBOTConfig.num_patch_prototypes must equal num_prototypes=64 with shared_head"):
+    with pytest.raises(
+        ValueError, match=r"^IBOTConfig.num_patch_prototypes must equal num_prototypes=64 with shared_head"
+    ):
         IBOTConfig(num_prototypes=64, num_patch_prototypes=32)
-    with pytest.raises(ValueError, match=re.escape("IBOTConfig.backbone_config must be an SOPConfig (iBOT needs patch")):
+    with pytest.raises(
+        ValueError, match=re.escape("IBOTConfig.backbone_config must be an SOPConfig (iBOT needs patch")
+    ):
         IBOTConfig(backbone_config={"model_type": "resnet"})
 
 

@@ -56,7 +56,8 @@ class IBOTConfig(DINOConfig):
         super().__post_init__(**kwargs)
         name = type(self).__name__
         if self.is_resnet:
-            raise ValueError(f"{name}.backbone_config must be an SOPConfig (iBOT needs patch tokens), got a ResNetConfig")
+            raise ValueError(f"{name}.backbone_config must be an SOPConfig (iBOT needs patch tokens), got a "
+                             f"ResNetConfig")  # fmt: skip
         if self.shared_head and self.num_patch_prototypes != self.num_prototypes:
             raise ValueError(f"{name}.num_patch_prototypes must equal num_prototypes={self.num_prototypes} with "
                              f"shared_head, got {self.num_patch_prototypes}")  # fmt: skip
@@ -119,7 +120,8 @@ class IBOTForPreTraining(DINOForPreTraining):
             s_logits = student_layer(views.student_patches)  # [M, K_p]
             with torch.no_grad():
                 t_logits = teacher_layer(views.teacher_patches)  # [2B, L, K_p]: every patch feeds the centre
-            targets = centered_teacher_probs(t_logits[bool_masked_pos], self.patch_center, teacher_patch_temp)  # [M, K_p]
+            masked_logits = t_logits[bool_masked_pos]  # [M, K_p]
+            targets = centered_teacher_probs(masked_logits, self.patch_center, teacher_patch_temp)  # [M, K_p]
             terms["mim_loss"] = masked_rows_patch_loss(s_logits, targets, bool_masked_pos, student_temp)
             loss = loss + config.mim_loss_weight * terms["mim_loss"]
             if self.training:
@@ -136,7 +138,8 @@ class IBOTForPreTraining(DINOForPreTraining):
 _IBOT_VIT_SMALL = dict(backbone_config=dict(model_type="sop", preset="vit_small", image_size=224, patch_size=16,
                                             drop_path_rate=0.1, use_mask_token=False, mim_loss_weight=0.0),
                        image_size=224, head_hidden_size=2048, head_output_size=256, head_num_layers=3,
-                       num_prototypes=8192, num_patch_prototypes=8192, shared_head=True, norm_last_layer=False)  # fmt: skip
+                       num_prototypes=8192, num_patch_prototypes=8192, shared_head=True,
+                       norm_last_layer=False)  # fmt: skip
 
 RECIPES: dict[str, dict[str, dict]] = {
     # The demo's ViT, data and optimisation (as SOP's demo), K = K_p = 1024 with a shared head (as DINO's demo),
