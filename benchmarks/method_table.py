@@ -156,11 +156,12 @@ def main() -> None:
     Path(f"{args.out}.json").write_text(json.dumps(record, indent=2))
     lines = [f"| method ({args.steps} steps, seeds {', '.join(map(str, seeds))}) | k-NN top-1 (%) | linear probe top-1 (%) |",
              "|---|---|---|"]  # fmt: skip
+    names = {label: f"{label}, {row['knn']['n']} seed(s)" if label in ROWS and row["knn"]["n"] < len(seeds) else label
+             for label, row in table.items()}  # a row not run at every seed says so
     for label, row in table.items():
         cells = [f"{100 * row[m]['mean']:.1f} ({100 * row[m]['min']:.1f}-{100 * row[m]['max']:.1f})"
                  if row[m]["n"] > 1 else f"{100 * row[m]['mean']:.1f}" for m in ("knn", "linear")]  # fmt: skip
-        name = f"{label}, {row['knn']['n']} seed(s)" if label in ROWS and row["knn"]["n"] < len(seeds) else label
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")  # a row not run at every seed says so
+        lines.append(f"| {names[label]} | {cells[0]} | {cells[1]} |")
     Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -179,7 +180,7 @@ def main() -> None:
         ax.bar([i + offset for i in range(len(labels))], means, width, yerr=[low, high], capsize=3, label=name)
     ax.axhline(100 * table["random init (same ViT)"]["knn"]["mean"], color="black", linestyle="--", linewidth=1,
                label="random init, k-NN")  # fmt: skip
-    ax.set_xticks(range(len(labels)), labels, rotation=15, ha="right", fontsize=8)
+    ax.set_xticks(range(len(labels)), [names[lb] for lb in labels], rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("top-1 on the embedded Fashion-MNIST test split (%)")
     ax.set_title(f"Methods at one budget: {args.steps} steps of the demo recipes, seeds {seeds} (bars: min-max)")
     ax.legend(fontsize=8)
