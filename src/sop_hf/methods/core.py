@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedConfig
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from ..configuration_sop import SOPConfig
 from ..losses.koleo import koleo_loss
@@ -48,26 +47,6 @@ class ViewEmbeddings:
     student_patches: torch.Tensor | None
     teacher_patches: torch.Tensor | None
     batch: int
-
-
-@dataclass
-class PreTrainingOutput(ModelOutput):
-    """What every pretraining model returns; a method's own output class may add named fields before
-    ``loss_terms``.
-
-    Attributes:
-        loss: the scalar the optimizer minimises.
-        loss_terms: the step's logged terms, ``{name: detached scalar}``: loss components, ``teacher_entropy``,
-            memory indicators (``bank_fill``). Any name is accepted; the trainer logs every entry (means over the
-            logging window) and ``Method.logged_terms`` lists the names a method may return.
-        student_embeddings: [V*B, d] student head outputs, view-major (globals then locals).
-        teacher_embeddings: [2*B, d] teacher head outputs.
-    """
-
-    loss: torch.FloatTensor | None = None
-    loss_terms: dict[str, torch.Tensor] | None = None
-    student_embeddings: torch.FloatTensor | None = None
-    teacher_embeddings: torch.FloatTensor | None = None
 
 
 def check_views(pixel_values: torch.Tensor, local_pixel_values: torch.Tensor | None) -> int:
