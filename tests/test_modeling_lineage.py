@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from sop_hf import CARLConfig, CARPConfig, CARPForPreTraining, MaSSLConfig, SOPModel
-from sop_hf.methods import build_config
+from sop_hf.methods import METHODS, LineageForPreTraining, build_config
 from tests.conftest import TINY, lineage_model
 
 SIZES = {"massl": dict(memory_size=64, block_size=16), "carp": dict(num_prototypes=64, block_size=16),
-         "carl": dict(num_prototypes=64)}  # fmt: skip
+         "carl": dict(num_prototypes=64), "dino": dict(num_prototypes=64),
+         "ibot": dict(num_prototypes=64, num_patch_prototypes=64)}  # fmt: skip
+LINEAGE = [name for name, m in METHODS.items() if issubclass(m.model_class, LineageForPreTraining)]
 
 
 def lineage(method, **overrides):
@@ -21,7 +23,7 @@ def inputs(batch=4, local=2):
     return dict(pixel_values=torch.randn(2 * batch, 3, 32, 32), local_pixel_values=torch.randn(local * batch, 3, 16, 16))
 
 
-@pytest.mark.parametrize("method", ["massl", "carp", "carl"])
+@pytest.mark.parametrize("method", LINEAGE)
 def test_step__finite_loss_gradients_only_to_the_student(method):
     model = lineage(method).train()
     out = model(**inputs())
@@ -30,12 +32,14 @@ def test_step__finite_loss_gradients_only_to_the_student(method):
     for name, param in model.named_parameters():
         if name.startswith(("teacher", "teacher_head", "teacher_prototypes")):
             assert param.grad is None, name
+        elif name.endswith("mask_token"):  # iBOT's, used only with masks (tests/test_method_ibot.py)
+            assert param.grad is None, name
         else:
             assert param.grad is not None and torch.isfinite(param.grad).all(), name
     assert int(model.step_count) == 1
 
 
-@pytest.mark.parametrize("method", ["massl", "carp", "carl"])
+@pytest.mark.parametrize("method", LINEAGE)
 def test_teacher__starts_as_copy_and_moves_by_ema(method):
     model = lineage(method)
     pairs = list(zip(*model._shared_pairs()))
@@ -82,7 +86,7 @@ def test_config__defaults_hold_only_their_fields_and_validate():
     assert carp.backbone_config.model_type == "sop" and carp.encoder_width == 768  # default encoder: ViT-B/16
     with pytest.raises(ValueError, match=r"CARPConfig.block_size must be in \[1, num_prototypes=64\]"):
         CARPConfig(num_prototypes=64, block_size=65)
-    with pytest.raises(ValueError, match="method must be one of sop, massl, carp, carl"):
+    with pytest.raises(ValueError, match=f"method must be one of {', '.join(METHODS)}, got 'byol'"):
         build_config("byol", {})
     with pytest.raises(ValueError, match="unknown CARPConfig field.*class_memory_size"):  # an override: a user typo
         build_config("carp", {}, {"class_memory_size": 64})

@@ -22,7 +22,7 @@ from sop_hf.indicators import (
     mean_entropy_ratio,
     neighbour_similarity,
 )
-from sop_hf.methods import uniform_reference
+from sop_hf.methods import METHODS, uniform_reference
 from sop_hf.training import TrainingMonitorCallback
 from sop_hf.training.plots import plot_training_curves
 from tests.conftest import lineage_model
@@ -125,13 +125,16 @@ def test_head_metrics__a_memory_of_copies_is_a_collapse_a_random_one_is_not():
     assert any(r.startswith("memory_rank") for r in reasons) and any(r.startswith("support_similarity") for r in reasons)
 
 
-@pytest.mark.parametrize("method", ["massl", "carp", "carl"])
+LINEAGE_SIZES = {"massl": dict(memory_size=64, block_size=16), "carp": dict(num_prototypes=32, block_size=8),
+                 "carl": dict(num_prototypes=32), "dino": dict(num_prototypes=32),
+                 "ibot": dict(num_prototypes=32, num_patch_prototypes=32)}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "sop"])
 def test_head_metrics__lineage_models(method):
-    sizes = {"massl": dict(memory_size=64, block_size=16), "carp": dict(num_prototypes=32, block_size=8),
-             "carl": dict(num_prototypes=32)}[method]
-    model = lineage_model(method, backbone={"model_type": "sop", **TINY_SOP}, **sizes)
+    model = lineage_model(method, backbone={"model_type": "sop", **TINY_SOP}, **LINEAGE_SIZES[method])
     metrics = _monitor(k=3, head_samples=8).measure(model)
-    assert ("memory_rank" in metrics) == (method == "massl")
+    assert ("memory_rank" in metrics) == bool(model.logged_banks)  # the methods with a memory
     for key in ("head_rank", "support_similarity", "image_entropy_ratio", "view_agreement", "view_kappa"):
         assert math.isfinite(metrics[key]), key
 

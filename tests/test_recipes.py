@@ -86,6 +86,23 @@ PINNED = [
     ("carp", "carp_resnet50_imagenet", "training", "base_learning_rate", 0.45),
     ("carp", "carp_resnet50_imagenet", "training", "min_lr", 0.0048),
     ("carp", "carp_resnet50_imagenet", "model", "zero_init_residual", True),
+    # DINO (facebookresearch/dino README and main_dino.py defaults) and iBOT (bytedance/ibot README, ViT-S/16)
+    ("dino", "demo", "model", "num_prototypes", 1024), ("dino", "demo", "training", "max_steps", 500),
+    ("dino", "dino_vit_small_imagenet_100ep", "model", "num_prototypes", 65536),
+    ("dino", "dino_vit_small_imagenet_100ep", "training", "base_learning_rate", 5e-4),
+    ("dino", "dino_vit_small_imagenet_100ep", "training", "teacher_temp", 0.04),
+    ("dino", "dino_vit_small_imagenet_100ep", "data", "global_crop_scale", (0.4, 1.0)),
+    ("dino", "dino_vit_small_imagenet_100ep", "data", "num_local_crops", 8),
+    ("dino", "dino_vit_small_imagenet_300ep", "training", "teacher_temp", 0.07),
+    ("dino", "dino_vit_small_imagenet_300ep", "training", "warmup_teacher_temp_epochs", 30),
+    ("dino", "dino_vit_small_imagenet_300ep", "model", "norm_last_layer", False),
+    ("ibot", "demo", "data", "mask_ratio", (0.0, 0.3)), ("ibot", "demo", "training", "max_steps", 500),
+    ("ibot", "ibot_vit_small_imagenet", "model", "num_prototypes", 8192),
+    ("ibot", "ibot_vit_small_imagenet", "model", "num_patch_prototypes", 8192),
+    ("ibot", "ibot_vit_small_imagenet", "model", "shared_head", True),
+    ("ibot", "ibot_vit_small_imagenet", "training", "teacher_patch_temp", 0.07),
+    ("ibot", "ibot_vit_small_imagenet", "training", "num_train_epochs", 800),
+    ("ibot", "ibot_vit_small_imagenet", "data", "mask_ratio_var", (0.0, 0.2)),
 ]  # fmt: skip
 
 

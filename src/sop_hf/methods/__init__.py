@@ -6,7 +6,8 @@
 - ``massl``, ``carp``, ``carl``: each method's config, ``...ForPreTraining``, loss wiring and published recipes.
 
 Everything else in the library asks this registry (``get_method``, ``method_of``) instead of comparing method names;
-adding a method means adding a module and one line to ``METHODS``.
+adding a method means adding a module (its config, ``...ForPreTraining``, recipes with a ``demo`` one, and its
+``Method``, which declares the logged terms), its loss file and one entry in ``METHODS``.
 """
 
 import dataclasses
@@ -17,11 +18,28 @@ from ..configuration_sop import PRESETS
 from .carl import CARL, CARLConfig, CARLForPreTraining
 from .carp import CARP, CARPConfig, CARPForPreTraining
 from .core import Method, StudentTeacherPreTrainedModel
+from .dino import DINO
+from .ibot import IBOT
 from .lineage import LineageConfig, LineageForPreTraining
 from .massl import MASSL, MaSSLConfig, MaSSLForPreTraining
 from .sop import SOP, SOPForPreTraining, SOPForPreTrainingOutput
 
-METHODS: dict[str, Method] = {method.name: method for method in (SOP, MASSL, CARP, CARL)}
+
+def registry(*methods: Method) -> dict[str, Method]:
+    """``{name: method}``; every method needs a ``demo`` recipe (the demo, the tests and the method table run it)
+    and a unique name, else a ``ValueError`` naming it."""
+    table: dict[str, Method] = {}
+    for method in methods:
+        if "demo" not in method.recipes:
+            raise ValueError(f"method {method.name!r} has no 'demo' recipe (recipes: {', '.join(method.recipes)}); "
+                             f"every method needs one: the demo, the tests and the method table run it")  # fmt: skip
+        if method.name in table:
+            raise ValueError(f"method {method.name!r} is registered twice")
+        table[method.name] = method
+    return table
+
+
+METHODS: dict[str, Method] = registry(SOP, MASSL, CARP, CARL, DINO, IBOT)
 
 
 def get_method(name: str) -> Method:
@@ -145,6 +163,7 @@ __all__ = [
     "get_method",
     "method_of",
     "recipe_owner",
+    "registry",
     "uniform_reference",
 ]
 

@@ -63,6 +63,7 @@ CARL = Method(
     model_class=CARLForPreTraining,
     recipes=RECIPES,
     loss_labels={"uniformity_loss": "uniform prior (unweighted)", "koleo_loss": "KoLeo"},
+    logged_terms=("uniformity_loss", "koleo_loss", "teacher_entropy"),
     uniform_reference=lambda config: (config.num_prototypes, "K"),
     entropy_prototypes=lambda config: config.num_prototypes,
     card_rows=(("Prototypes K", "num_prototypes"), ("Uniform-prior weight", "uniformity_weight")),

@@ -135,6 +135,7 @@ CARP = Method(
     model_class=CARPForPreTraining,
     recipes=RECIPES,
     loss_labels={"uniformity_loss": "uniform prior (unweighted)", "koleo_loss": "KoLeo"},
+    logged_terms=("uniformity_loss", "koleo_loss", "teacher_entropy"),
     uniform_reference=lambda config: (config.block_size, "N_B"),
     entropy_prototypes=lambda config: config.num_prototypes,
     card_rows=(("Prototypes K", "num_prototypes"), ("Prototype block N_B", "block_size"),

@@ -12,7 +12,9 @@ from transformers import PreTrainedConfig
 from transformers import initialization as init
 
 from ..configuration_sop import SOPConfig
+from ..losses.koleo import koleo_loss
 from ..modeling_sop import SOPModel, SOPPreTrainedModel
+from ..modules.distributed import get_world_size
 from ..modules.memory_bank import MemoryBank
 from ..seeding import stream_seed
 
@@ -27,6 +29,40 @@ def exported_vit(config: SOPConfig) -> SOPModel:
     return SOPModel(SOPConfig(**{**values, "use_mask_token": False, "mim_loss_weight": 0.0}))
 
 
+@dataclass
+class ViewEmbeddings:
+    """Head outputs of one step's views (the forward prologue every method shares).
+
+    Attributes:
+        student: [V*B, d] student head outputs of the [CLS] (or pooled) feature, view-major (globals, then locals).
+        teacher: [2*B, d] teacher head outputs of the global views (no gradient).
+        student_patches: [2*B, L, d] student head outputs of the (masked) global crops' patch tokens ([M, d], the
+            masked ones only, with ``masked_patches_only``), or None.
+        teacher_patches: [2*B, L, d] teacher head outputs of the unmasked global crops' patch tokens, or None.
+        batch: B, images per view.
+    """
+
+    student: torch.Tensor
+    teacher: torch.Tensor
+    student_patches: torch.Tensor | None
+    teacher_patches: torch.Tensor | None
+    batch: int
+
+
+def check_views(pixel_values: torch.Tensor, local_pixel_values: torch.Tensor | None) -> int:
+    """B, the images per view, after checking the view-major layout (a ``ValueError`` before any compute)."""
+    num_images = pixel_values.shape[0]
+    if num_images % NUM_GLOBAL_VIEWS or num_images < 2 * NUM_GLOBAL_VIEWS:
+        raise ValueError(
+            f"pixel_values must hold {NUM_GLOBAL_VIEWS} global views of B >= 2 images (view-major), got "
+            f"{num_images} images"
+        )
+    batch = num_images // NUM_GLOBAL_VIEWS
+    if local_pixel_values is not None and local_pixel_values.shape[0] % batch:
+        raise ValueError(f"local_pixel_values rows ({local_pixel_values.shape[0]}) must be a multiple of B={batch}")
+    return batch
+
+
 class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
     """What every self-distillation method here shares: an EMA teacher of the student, seeded random streams and
     encoder export.
@@ -38,6 +74,12 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
     """
 
     ema_pairs: tuple[tuple[str, str], ...] = (("sop", "teacher"), ("head", "teacher_head"))
+    # Memory indicators the model reports: {logged name: MemoryBank attribute}; ``bank_fill`` is the fraction of the
+    # bank's rows written so far (1 once every random initial row is replaced).
+    logged_banks: dict[str, str] = {}
+    # The student head runs once over all views' pooled features (a BatchNorm head normalises them together) or
+    # per group (global [CLS] / tokens, then locals: SOP's order, kept so its reference figures stay bit-identical).
+    head_over_all_views: bool = True
 
     def _student_encoder(self) -> torch.nn.Module:
         return self._modules[self.base_model_prefix]
@@ -112,6 +154,68 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         generator.manual_seed(stream_seed(self.anchor_seed, self._host_step(), stream, rank))
         return generator
 
+    def encode_views(
+        self,
+        pixel_values: torch.Tensor,
+        local_pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        patch_tokens: bool = False,
+        masked_patches_only: bool = False,
+    ) -> ViewEmbeddings:
+        """The forward prologue: the teacher encodes the unmasked global crops, the student the (masked) global crops
+        and the local crops; the heads map [CLS] (pooled) features and, with ``patch_tokens``, the global crops'
+        patch tokens. Shapes in ``ViewEmbeddings``; the encoders' ``pooler_output`` is flattened (a ResNet's
+        [B, D, 1, 1] global pool). ``masked_patches_only`` (with ``patch_tokens`` and masks): the student head maps
+        only the M masked patch tokens, ``student_patches`` is [M, d] in ``bool_masked_pos`` order (iBOT: a loss on
+        masked patches only needs no more; the teacher still maps every patch)."""
+        batch = check_views(pixel_values, local_pixel_values)
+        student = self._student_encoder()
+        has_locals = local_pixel_values is not None and local_pixel_values.shape[0] > 0
+        with torch.no_grad():
+            t_out = self.teacher(pixel_values)
+            if patch_tokens:
+                t_emb = self.teacher_head(t_out.last_hidden_state)  # [2B, 1+L, d]
+                t_cls, t_patches = t_emb[:, 0], t_emb[:, 1:]
+            else:
+                t_cls, t_patches = self.teacher_head(t_out.pooler_output.flatten(1)), None  # [2B, d]
+        masks = bool_masked_pos if patch_tokens else None
+        s_out = student(pixel_values, bool_masked_pos=masks) if masks is not None else student(pixel_values)
+        s_patches = None
+        if patch_tokens and masked_patches_only and masks is not None:
+            tokens = s_out.last_hidden_state  # [2B, 1+L, D]
+            rows = self.head(torch.cat((tokens[:, 0], tokens[:, 1:][masks])))  # [2B + M, d]
+            s_cls, s_patches = rows[: tokens.shape[0]], rows[tokens.shape[0] :]  # [2B, d], [M, d]
+        elif patch_tokens:
+            s_emb = self.head(s_out.last_hidden_state)  # [2B, 1+L, d]
+            s_cls, s_patches = s_emb[:, 0], s_emb[:, 1:]
+        elif not self.head_over_all_views:
+            s_cls = self.head(s_out.pooler_output.flatten(1)[:, None])[:, 0]  # [2B, d]
+        if patch_tokens or not self.head_over_all_views:
+            if has_locals:
+                s_local = self.head(student(local_pixel_values).pooler_output.flatten(1))  # [nB, d]
+                s_cls = torch.cat((s_cls, s_local))  # [V*B, d]
+        else:
+            s_feat = s_out.pooler_output.flatten(1)  # [2B, D]
+            if has_locals:
+                s_feat = torch.cat((s_feat, student(local_pixel_values).pooler_output.flatten(1)))  # [V*B, D]
+            s_cls = self.head(s_feat)  # [V*B, d]
+        return ViewEmbeddings(s_cls, t_cls, s_patches, t_patches, batch)
+
+    def koleo_term(self, student: torch.Tensor, batch: int, normalize: bool = True) -> torch.Tensor:
+        """KoLeo of the student's global-view head outputs [V*B, d] (unit rows; ``normalize=False`` when the head
+        already normalises), averaged over the global views."""
+        globals_ = student[: NUM_GLOBAL_VIEWS * batch]  # [2B, d]
+        if normalize:
+            globals_ = torch.nn.functional.normalize(globals_, dim=1)
+        return torch.stack([koleo_loss(view) for view in globals_.chunk(NUM_GLOBAL_VIEWS)]).mean()
+
+    def bank_terms(self, batch: int) -> dict[str, torch.Tensor]:
+        """``{name: fill}`` of the banks in ``logged_banks`` after this step's enqueue: min(1, rows written / size),
+        rows written = training forwards x B x processes (host arithmetic: no device sync)."""
+        written = self._host_step() * batch * get_world_size()
+        return {name: torch.full((), min(1.0, written / getattr(self, bank).size), device=self.step_count.device)
+                for name, bank in self.logged_banks.items() if getattr(self, bank, None) is not None}  # fmt: skip
+
     def backbone(self, which: str = "teacher") -> torch.nn.Module:
         """The live teacher or student encoder (no copy): what evaluation during training runs on."""
         if which not in ("teacher", "student"):
@@ -153,6 +257,8 @@ class Method:
         config_class, model_class: Its ``PreTrainedConfig`` and ``...ForPreTraining`` classes.
         recipes: Named recipes (``{"model": config fields, "data": ..., "training": ...}``), each with its source.
         loss_labels: Logged loss terms besides ``loss`` and their curve labels.
+        logged_terms: Every name the model's ``loss_terms`` may hold (loss components, ``teacher_entropy``,
+            ``bank_fill``): what the trainer logs; ``loss_labels``' names must be among them.
         uniform_reference: ``config -> (P, symbol)``: the loss of uniform targets is ``ln P`` (the curves' reference).
         entropy_prototypes: ``config -> P`` of the logged ``teacher_entropy`` (None when the method logs none).
         uses_masks: ``config -> bool``: the data pipeline must make block masks (SOP-MIM).
@@ -169,10 +275,17 @@ class Method:
     recipes: dict[str, dict[str, dict]]
     loss_labels: dict[str, str]
     uniform_reference: Callable[[PreTrainedConfig], tuple[int, str]]
+    logged_terms: tuple[str, ...] = ()
     entropy_prototypes: Callable[[PreTrainedConfig], int | None] = lambda config: None
     uses_masks: Callable[[PreTrainedConfig], bool] = lambda config: False
     card_rows: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     card_title: Callable[[PreTrainedConfig], str] | None = None
+
+    def __post_init__(self):
+        missing = [name for name in self.loss_labels if name not in self.logged_terms]
+        if missing:
+            raise ValueError(f"method {self.name!r}: loss_labels name terms missing from logged_terms: "
+                             f"{', '.join(missing)}")  # fmt: skip
 
     def title_for(self, config: PreTrainedConfig | None) -> str:
         return self.card_title(config) if self.card_title is not None and config is not None else self.title

@@ -15,10 +15,9 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
 from ..configuration_sop import SOPConfig, unknown_fields
-from ..losses.koleo import koleo_loss
 from ..modeling_sop import SOPModel
 from ..modules.heads import SOPHead
-from .core import NUM_GLOBAL_VIEWS, StudentTeacherPreTrainedModel, exported_vit
+from .core import StudentTeacherPreTrainedModel, ViewEmbeddings, exported_vit
 
 
 class LineageConfig(PreTrainedConfig):
@@ -98,6 +97,8 @@ class LineageForPreTrainingOutput(ModelOutput):
         teacher_entropy: entropy of the teacher's batch-mean prototype assignment (CARP / CARL; None for MaSSL).
         student_embeddings: [V*B, d] student head outputs, view-major (globals then locals).
         teacher_embeddings: [2*B, d] teacher head outputs.
+        loss_terms: every logged term of the step, ``{name: detached scalar}`` (any name: the three above when set,
+            a new method's own terms, ``bank_fill``); what the trainer logs.
     """
 
     loss: torch.FloatTensor | None = None
@@ -106,6 +107,7 @@ class LineageForPreTrainingOutput(ModelOutput):
     teacher_entropy: torch.FloatTensor | None = None
     student_embeddings: torch.FloatTensor | None = None
     teacher_embeddings: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
 
 
 def zero_init_residual_batch_norm(resnet: ResNetModel) -> None:
@@ -118,12 +120,13 @@ def zero_init_residual_batch_norm(resnet: ResNetModel) -> None:
                 module.layer[-1].normalization.weight.zero_()
 
 
-def build_encoder(config: LineageConfig, teacher: bool = False) -> SOPModel | ResNetModel:
-    """The student (or teacher: no drop path) encoder of ``config.backbone_config``."""
+def build_encoder(config: LineageConfig, teacher: bool = False, mask_token: bool = False) -> SOPModel | ResNetModel:
+    """The student (or teacher: no drop path, no mask token) encoder of ``config.backbone_config``; ``mask_token``
+    gives the student ViT a mask token (iBOT's masked global crops)."""
     if config.is_resnet:
         return ResNetModel(config.backbone_config)
     options = {"drop_path_rate": 0.0} if teacher else {}
-    return SOPModel(config.backbone_config, use_mask_token=False, **options)
+    return SOPModel(config.backbone_config, use_mask_token=mask_token and not teacher, **options)
 
 
 class LineageForPreTraining(StudentTeacherPreTrainedModel):
@@ -133,10 +136,12 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
 
     base_model_prefix = "student"
     normalize_head = False  # MaSSL's head ends with an L2 normalisation; CARP feeds the raw bottleneck
+    student_mask_token = False  # iBOT: the student ViT replaces masked patches by a learnt token
 
     def __init__(self, config: LineageConfig):
         super().__init__(config)
-        self.student, self.teacher = build_encoder(config), build_encoder(config, teacher=True)
+        self.student = build_encoder(config, mask_token=self.student_mask_token)
+        self.teacher = build_encoder(config, teacher=True)
         head_sizes = (config.encoder_width, config.head_hidden_size, config.head_output_size, config.head_num_layers)
         head_options = {"normalize": self.normalize_head, "batch_norm": config.head_batch_norm}
         self.head = SOPHead(*head_sizes, **head_options)
@@ -162,6 +167,22 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
     def after_step(self, teacher_embeddings: torch.Tensor, batch: int) -> None:
         """Bank updates after a training forward (MaSSL enqueues the teacher's second view)."""
 
+    def finish_step(self, loss: torch.Tensor, terms: dict[str, torch.Tensor | None],
+                    views: ViewEmbeddings) -> LineageForPreTrainingOutput:
+        """What follows a method's loss: KoLeo, the bank updates and step count (training only), the output."""
+        if self.config.koleo_loss_weight > 0:
+            terms["koleo_loss"] = self.koleo_term(views.student, views.batch)
+            loss = loss + self.config.koleo_loss_weight * terms["koleo_loss"]
+        if self.training:
+            with torch.no_grad():
+                self.after_step(views.teacher, views.batch)
+                self._advance_step()
+                terms.update(self.bank_terms(views.batch))
+        terms = {k: v.detach() for k, v in terms.items() if v is not None}
+        named = {k: terms.get(k) for k in ("uniformity_loss", "koleo_loss", "teacher_entropy")}
+        return LineageForPreTrainingOutput(loss=loss, student_embeddings=views.student,
+                                           teacher_embeddings=views.teacher, loss_terms=terms, **named)  # fmt: skip
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -179,28 +200,9 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
         student_temp = config.student_temp if student_temp is None else student_temp
         teacher_temp = config.teacher_temp if teacher_temp is None else teacher_temp
         return_dict = return_dict if return_dict is not None else config.return_dict
-        batch = pixel_values.shape[0] // NUM_GLOBAL_VIEWS
-        if batch * NUM_GLOBAL_VIEWS != pixel_values.shape[0] or batch < 2:
-            raise ValueError(f"pixel_values must hold {NUM_GLOBAL_VIEWS} global views of B >= 2 images (view-major)")
-        # pooler_output: [B, D] ([CLS]) for the ViT, [B, D, 1, 1] (global average pool) for the ResNet
-        with torch.no_grad():
-            t_emb = self.teacher_head(self.teacher(pixel_values).pooler_output.flatten(1))  # [2B, d]
-        s_feat = self.student(pixel_values).pooler_output.flatten(1)  # [2B, D]
-        if local_pixel_values is not None and local_pixel_values.shape[0] > 0:
-            s_local = self.student(local_pixel_values).pooler_output.flatten(1)  # [nB, D]
-            s_feat = torch.cat((s_feat, s_local))  # [V*B, D]
-        s_emb = self.head(s_feat)  # [V*B, d]: one call, so a BatchNorm head normalises over all views at once (CARP)
-        loss, terms = self.method_loss(s_emb, t_emb, student_temp, teacher_temp)
-        if config.koleo_loss_weight > 0:
-            globals_ = torch.nn.functional.normalize(s_emb[: NUM_GLOBAL_VIEWS * batch], dim=1)
-            terms["koleo_loss"] = torch.stack([koleo_loss(v) for v in globals_.chunk(NUM_GLOBAL_VIEWS)]).mean()
-            loss = loss + config.koleo_loss_weight * terms["koleo_loss"]
-        if self.training:
-            with torch.no_grad():
-                self.after_step(t_emb, batch)
-                self._advance_step()
-        terms = {k: v.detach() if v is not None else None for k, v in terms.items()}
-        output = LineageForPreTrainingOutput(loss=loss, student_embeddings=s_emb, teacher_embeddings=t_emb, **terms)
+        views = self.encode_views(pixel_values, local_pixel_values)  # [V*B, d] student, [2B, d] teacher
+        loss, terms = self.method_loss(views.student, views.teacher, student_temp, teacher_temp)
+        output = self.finish_step(loss, terms, views)
         return output if return_dict else output.to_tuple()
 
 

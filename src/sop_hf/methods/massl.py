@@ -43,6 +43,7 @@ class MaSSLForPreTraining(LineageForPreTraining):
 
     config_class = MaSSLConfig
     normalize_head = True
+    logged_banks = {"bank_fill": "memory"}
 
     def __init__(self, config: MaSSLConfig):
         super().__init__(config)
@@ -129,6 +130,7 @@ MASSL = Method(
     model_class=MaSSLForPreTraining,
     recipes=RECIPES,
     loss_labels={"koleo_loss": "KoLeo"},
+    logged_terms=("koleo_loss", "bank_fill"),
     uniform_reference=lambda config: (config.block_size, "N_B"),
     card_rows=(("Memory size", "memory_size"), ("Memory block N_B", "block_size")),
 )

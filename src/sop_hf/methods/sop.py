@@ -29,7 +29,6 @@ from transformers.utils import ModelOutput
 
 from ..configuration_sop import SOPConfig
 from ..indicators import MAX_RANK_ROWS, effective_rank
-from ..losses.koleo import koleo_loss
 from ..losses.sop import SOPClassLoss, SOPPatchLoss, build_support_prototypes, draw_anchor_indices, prototype_assignments
 from ..modeling_sop import SOPModel
 from ..modules.distributed import get_rank
@@ -52,6 +51,8 @@ class SOPForPreTrainingOutput(ModelOutput):
             uniformly, much lower on collapse.
         student_embeddings: [V*B, d] student [CLS] embeddings, view-major (globals then locals).
         teacher_embeddings: [2*B, d] teacher [CLS] embeddings.
+        loss_terms: the logged terms (``Method.logged_terms``): the losses above that are not None,
+            ``teacher_entropy`` and, in training, ``bank_fill`` (class memory) and ``patch_bank_fill`` (SOP-MIM).
     """
 
     loss: torch.FloatTensor | None = None
@@ -61,6 +62,7 @@ class SOPForPreTrainingOutput(ModelOutput):
     teacher_entropy: torch.FloatTensor | None = None
     student_embeddings: torch.FloatTensor | None = None
     teacher_embeddings: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
 
 
 class SOPForPreTraining(StudentTeacherPreTrainedModel):
@@ -71,6 +73,9 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
     Anchors are drawn from a generator seeded by ``(anchor_seed, step, stream)``, so every process draws the same
     anchors without communication; set ``model.anchor_seed`` from the run's seed.
     """
+
+    logged_banks = {"bank_fill": "class_memory", "patch_bank_fill": "patch_memory"}
+    head_over_all_views = False  # [CLS] / tokens of the global crops, then the local crops: the order of SOP's figures
 
     def __init__(self, config: SOPConfig):
         super().__init__(config)
@@ -141,31 +146,11 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
         teacher_temp = config.teacher_temp if teacher_temp is None else teacher_temp
         teacher_patch_temp = config.teacher_patch_temp if teacher_patch_temp is None else teacher_patch_temp
         return_dict = return_dict if return_dict is not None else config.return_dict
-        num_images = pixel_values.shape[0]
-        if num_images % NUM_GLOBAL_VIEWS or num_images < 2 * NUM_GLOBAL_VIEWS:
-            raise ValueError(
-                f"pixel_values must hold {NUM_GLOBAL_VIEWS} global views of B >= 2 images (view-major), got "
-                f"{num_images} images"
-            )
-        batch = num_images // NUM_GLOBAL_VIEWS
-        if local_pixel_values is not None and local_pixel_values.shape[0] % batch:
-            raise ValueError(f"local_pixel_values rows ({local_pixel_values.shape[0]}) must be a multiple of B={batch}")
         use_mim = self.use_mim and bool_masked_pos is not None
 
-        # 1. teacher on the unmasked global crops
-        with torch.no_grad():
-            t_tokens = self.teacher(pixel_values).last_hidden_state  # [2B, 1+L, D]
-            t_emb = self.teacher_head(t_tokens if use_mim else t_tokens[:, :1])  # [2B, 1+L or 1, d]
-            t_cls = t_emb[:, 0]  # [2B, d]
-        # 2-3. student on the masked global crops, then on the local crops ([CLS] only)
-        s_tokens = self.sop(pixel_values, bool_masked_pos=bool_masked_pos if use_mim else None).last_hidden_state
-        s_emb = self.head(s_tokens if use_mim else s_tokens[:, :1])  # [2B, 1+L or 1, d]
-        s_cls = s_emb[:, 0]  # [2B, d]
-        if local_pixel_values is not None and local_pixel_values.shape[0] > 0:
-            s_local = self.head(self.sop(local_pixel_values).pooler_output)  # [nB, d]
-            s_all = torch.cat((s_cls, s_local))  # [V*B, d]
-        else:
-            s_all = s_cls
+        # 1-3. teacher on the unmasked global crops; student on the masked global crops, then the local crops
+        views = self.encode_views(pixel_values, local_pixel_values, bool_masked_pos, patch_tokens=use_mim)
+        batch, s_all, t_cls = views.batch, views.student, views.teacher  # [V*B, d], [2B, d]
 
         # 4-5. losses against detached bank reads
         memory = self.class_memory.read()  # [K, d]
@@ -177,33 +162,35 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
             patch_memory = self.patch_memory.read()  # [K_p, d]
             patch_anchors = self.patch_loss.draw_anchors(patch_memory.shape[0], self._generator(1), patch_memory.device)
             mim_out = self.patch_loss(
-                s_emb[:, 1:], t_emb[:, 1:], bool_masked_pos, patch_memory,
+                views.student_patches, views.teacher_patches, bool_masked_pos, patch_memory,
                 student_temp, teacher_patch_temp, NUM_GLOBAL_VIEWS, anchors=patch_anchors,
             )  # fmt: skip
             mim_loss = mim_out.loss
             loss = loss + config.mim_loss_weight * mim_loss
         if config.koleo_loss_weight > 0:
-            koleo = torch.stack([koleo_loss(view) for view in s_cls.chunk(NUM_GLOBAL_VIEWS)]).mean()
+            koleo = self.koleo_term(s_all, batch, normalize=False)  # the SOP head's rows are unit norm
             loss = loss + config.koleo_loss_weight * koleo
 
         # 6. enqueue the teacher's second global view, training only
+        terms = {}
         if self.training:
             with torch.no_grad():
                 self.class_memory.enqueue(t_cls[batch:])
-                if self.patch_memory is not None and t_emb.shape[1] > 1:
-                    patches = t_emb[batch:, 1:]  # [B, L, d]
+                if self.patch_memory is not None and views.teacher_patches is not None:
+                    patches = views.teacher_patches[batch:]  # [B, L, d]
                     token = torch.randint(patches.shape[1], (batch,), generator=self._generator(2, get_rank()))
                     self.patch_memory.enqueue(patches[torch.arange(batch), token.to(patches.device)])
                 self._advance_step()
+                terms = self.bank_terms(batch)
 
+        named = {"sop_loss": class_out.loss.detach(), "mim_loss": None if mim_loss is None else mim_loss.detach(),
+                 "koleo_loss": None if koleo is None else koleo.detach(), "teacher_entropy": class_out.teacher_entropy}
         output = SOPForPreTrainingOutput(
             loss=loss,
-            sop_loss=class_out.loss.detach(),
-            mim_loss=None if mim_loss is None else mim_loss.detach(),
-            koleo_loss=None if koleo is None else koleo.detach(),
-            teacher_entropy=class_out.teacher_entropy,
+            **named,
             student_embeddings=s_all,
             teacher_embeddings=t_cls,
+            loss_terms={**{k: v for k, v in named.items() if v is not None}, **terms},
         )
         return output if return_dict else output.to_tuple()
 
@@ -274,6 +261,7 @@ SOP = Method(
     model_class=SOPForPreTraining,
     recipes=RECIPES,
     loss_labels={"sop_loss": "SOP [CLS] loss", "mim_loss": "SOP-MIM patch loss", "koleo_loss": "KoLeo"},
+    logged_terms=("sop_loss", "mim_loss", "koleo_loss", "teacher_entropy", "bank_fill", "patch_bank_fill"),
     uniform_reference=lambda config: (config.num_kept_anchors, "P'"),
     entropy_prototypes=lambda config: config.num_kept_anchors,
     uses_masks=lambda config: config.mim_loss_weight > 0,

@@ -24,11 +24,12 @@ the first ``head_samples`` memory images (and their horizontal flips) the monito
 - ``head_rank``: effective rank of the L2-normalised head outputs (1 = one direction, up to the head width);
 - ``memory_rank``: effective rank of the rows of the method's memory bank (SOP class memory, MaSSL memory);
 - ``support_similarity``: mean cosine between an anchor drawn from that memory and its ``E - 1`` nearest rows, i.e.
-  the supports of a SOP prototype (for CARP/CARL, which have no memory: between a head output and its nearest
-  outputs); 1 means the supports are copies of their anchor;
+  the supports of a SOP prototype (for CARP/CARL/DINO/iBOT, which have no memory: between a head output and its
+  nearest outputs); 1 means the supports are copies of their anchor;
 - ``image_entropy_ratio``: mean *per-image* entropy of the teacher's assignment to this step's prototypes over
   ``ln P`` (SOP: P' prototypes built from the memory as in training; MaSSL: a memory block; CARP: a prototype block;
-  CARL: all prototypes): near 1 means every target is uniform and teaches nothing;
+  CARL: all prototypes; DINO/iBOT: all K prototypes, centred and sharpened as the loss's targets): near 1 means
+  every target is uniform and teaches nothing;
 - ``view_agreement`` and ``view_kappa``: how often an image and its flip get the same most-likely prototype, and that
   agreement above chance (Cohen's kappa: 0 when the agreement is what two unrelated images would reach).
 
@@ -232,7 +233,7 @@ class TrainingMonitorCallback(TrainerCallback):
             ("teacher_entropy_ratio", self.min_entropy_ratio),
             ("memory_rank", self.min_memory_rank),
         )
-        if "memory_rank" not in metrics:  # CARP/CARL: no memory, so the head outputs of the monitor images decide
+        if "memory_rank" not in metrics:  # no memory (CARP, CARL, DINO, iBOT): the monitor images' head outputs decide
             minimums += (("head_rank", self.min_head_rank),)
         for key, threshold in minimums:
             if key in metrics and metrics[key] < threshold:

@@ -3,8 +3,9 @@
 What it adds to ``Trainer``: the scheduled temperatures passed to ``SOPForPreTraining.forward``; AdamW param groups
 with weight decay on >= 2-D non-bias tensors only (cosine-scheduled); DINO's learning rate (the peak is
 ``--learning_rate``, or ``--base_learning_rate`` x global batch / 256; linear warm-up, cosine to ``min_lr``);
-per-parameter clipping; the teacher EMA after every optimizer step; logs of ``sop_loss``, ``mim_loss``, momentum, teacher temperature and bank fill. Launch it with
-``accelerate launch`` (see ``examples/pretrain_sop.py``).
+per-parameter clipping; the teacher EMA after every optimizer step; logs of the loss terms and memory indicators
+the model returns in ``loss_terms`` (each method declares its own: ``Method.logged_terms``), momentum and teacher
+temperature. Launch it with ``accelerate launch`` (see ``examples/pretrain_sop.py``).
 
 It is built on ``Trainer``'s public extension points (``create_optimizer``, ``create_scheduler``, ``compute_loss``,
 ``get_train_dataloader``, ``log``, ``train`` and callbacks); each guard lives in its own module:
@@ -76,7 +77,6 @@ from .schedules import cosine_schedule, lr_multiplier, warmup_constant_schedule
 
 logger = logging.getLogger(__name__)
 
-LOGGED_TERMS = ("sop_loss", "mim_loss", "koleo_loss", "uniformity_loss", "teacher_entropy")  # when a model returns them
 # The private Trainer methods SOPTrainer still overrides, with the parameters it relies on. All exist for checkpoints:
 # Trainer has no public hook that says where a checkpoint is written before it is complete, nor one for sharded state.
 # tests/test_trainer.py fails, naming the method, when transformers changes one of them (docs/training.md).
@@ -249,12 +249,10 @@ class SOPTrainer(Trainer):
             self.nonfinite.record_loss(loss)  # device bool: no host sync
             if image_status is not None:
                 self.images.count(sample_index, image_status)
-            for key in LOGGED_TERMS:
-                value = outputs.get(key)
-                if value is not None:
-                    value = value.detach().float()
-                    self._term_sums[key] = self._term_sums[key] + value if key in self._term_sums else value
-                    self._term_counts[key] += 1
+            for key, value in (outputs.get("loss_terms") or {}).items():  # the terms the method declares
+                value = value.detach().float()
+                self._term_sums[key] = self._term_sums[key] + value if key in self._term_sums else value
+                self._term_counts[key] += 1
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -410,10 +408,6 @@ class SOPTrainer(Trainer):
             step = max(0, self.state.global_step - 1)
             logs["teacher_momentum"] = round(teacher_momentum(self.args, step, self.state.max_steps), 6)
             logs["teacher_temp"] = self.temperatures(step)["teacher_temp"]
-            model = self.accelerator.unwrap_model(self.model)
-            if hasattr(model, "class_memory"):
-                written = int(model.step_count) * self.args.per_device_train_batch_size * self.args.world_size
-                logs["bank_fill"] = round(min(1.0, written / model.class_memory.size), 4)
         super().log(logs, start_time)
 
 
