@@ -6,6 +6,7 @@ stdlib server of ``tests/fake_hub.py``, with a temporary ``HF_HOME``; nothing to
 
 import json
 import os
+import re
 import textwrap
 import threading
 import urllib.error
@@ -171,7 +172,10 @@ def test_build_model_card__training_curves_reference():
 
 
 def test_build_model_card__bad_arguments_raise():
-    with pytest.raises(ValueError, match=r"Unknown method 'byol'; choose one of \['carl', 'carp', 'massl', 'sop'"):
+    from sop_hf.methods import CARD_ALIASES, METHODS
+
+    known = sorted([*METHODS, *CARD_ALIASES])
+    with pytest.raises(ValueError, match=re.escape(f"Unknown method 'byol'; choose one of {known}")):
         build_model_card(encoder_config(), method="byol")
     with pytest.raises(ValueError, match=r"Unknown eval result keys \['accuracy'\]"):
         build_model_card(encoder_config(), eval_results=[{"dataset_name": "x", "accuracy": 0.5}])
