@@ -192,7 +192,13 @@ def gpu_feed(device: str = "cuda", dry: bool = False, workers: int = 16, steps: 
         config = SOPConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            head_hidden_size=48, head_output_size=16, class_memory_size=256, num_anchors=16,
                            patch_memory_size=64, num_patch_anchors=8)  # fmt: skip
-        crops, batch, aug_batch, workers, steps = dict(global_crop_size=32, local_crop_size=16, num_local_crops=2), 4, 8, 0, 1
+        crops, batch, aug_batch, workers, steps = (
+            dict(global_crop_size=32, local_crop_size=16, num_local_crops=2),
+            4,
+            8,
+            0,
+            1,
+        )
     else:
         config = SOPConfig.from_preset("vit_small")
         crops, batch, aug_batch = IMAGENET_MULTICROP, 64, 256

@@ -175,11 +175,16 @@ def parity_worker(rank: int, world: int, port: int, steps: int, resume_at: int, 
         from transformers import AutoModel
 
         loaded = AutoModel.from_pretrained(export_dir)
-        teacher = {k[len("teacher."):]: v for k, v in full_b.items() if k.startswith("teacher.")}
+        teacher = {k[len("teacher.") :]: v for k, v in full_b.items() if k.startswith("teacher.")}
         loaded_state = loaded.state_dict()
         result.update(
-            steps=steps, resume_at=resume_at, world_size=world, model=f"SOPForPreTraining {TINY}",
-            ddp_losses=ddp_losses, fsdp2_losses=fsdp_losses, resumed_losses=resumed,
+            steps=steps,
+            resume_at=resume_at,
+            world_size=world,
+            model=f"SOPForPreTraining {TINY}",
+            ddp_losses=ddp_losses,
+            fsdp2_losses=fsdp_losses,
+            resumed_losses=resumed,
             max_abs_loss_diff_vs_ddp=max(abs(a - b) for x, y in zip(ddp_losses, fsdp_losses) for a, b in zip(x, y)),
             max_abs_state_diff_vs_ddp=_max_diff(ddp_state, full_a),
             resume_max_abs_diff=max(
@@ -254,8 +259,9 @@ def memory_worker(rank: int, world: int, port: int, strategy: str, work_dir: str
     counts = {
         "param_bytes": _bytes(params),
         "grad_bytes": _bytes(p.grad for p in params if p.grad is not None),
-        "optimizer_state_bytes": _bytes(v for s in optimizer.state.values() for v in s.values()
-                                        if isinstance(v, torch.Tensor) and v.ndim > 0),  # fmt: skip
+        "optimizer_state_bytes": _bytes(
+            v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.ndim > 0
+        ),  # fmt: skip
         "buffer_bytes": _bytes(model.buffers()),
     }
     counts["state_bytes"] = sum(counts.values())
@@ -283,8 +289,9 @@ def memory_worker(rank: int, world: int, port: int, strategy: str, work_dir: str
     dist.destroy_process_group()
 
 
-def run_parity(steps: int = 8, resume_at: int = 4, world: int = 2, work_dir: str | None = None,
-               reshard: bool = True) -> dict:
+def run_parity(
+    steps: int = 8, resume_at: int = 4, world: int = 2, work_dir: str | None = None, reshard: bool = True
+) -> dict:
     """Parity, resume and export over ``world`` gloo processes (then, with ``reshard``, the checkpoint loaded by
     another number of processes); returns rank 0's figures."""
     work_dir = work_dir or tempfile.mkdtemp(prefix="fsdp2_parity_")

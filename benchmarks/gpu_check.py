@@ -176,8 +176,20 @@ def section_fmnist(dry: bool, device: str, data_dir: str | None = None) -> list[
     if data_dir:
         argv += ["--data_dir", data_dir]
     if dry:
-        argv += ["--max_steps", "2", "--per_device_train_batch_size", "8", "--max_eval_samples", "64",
-                 "--config_overrides", "class_memory_size=64,num_anchors=16", "--logging_steps", "1", "--use_cpu", "true"]
+        argv += [
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_eval_samples",
+            "64",
+            "--config_overrides",
+            "class_memory_size=64,num_anchors=16",
+            "--logging_steps",
+            "1",
+            "--use_cpu",
+            "true",
+        ]
     else:
         workers = str(max(0, min(8, (os.cpu_count() or 2) - 4)))
         argv += ["--time_budget_s", "90", "--max_steps", "1200", "--per_device_train_batch_size", "256",
@@ -189,9 +201,12 @@ def section_fmnist(dry: bool, device: str, data_dir: str | None = None) -> list[
     steps = summary.get("global_step")
     scope = "tiny (dry run)" if dry else "ViT-T (patch 4, 28 px), batch 256, <= 90 s, 5k/5k k-NN"
     return [
-        (f"Fashion-MNIST k-NN top-1 (k=20) random init -> SOP, {scope}, {steps} steps",
-         f"{100 * random_init:.1f} % -> {100 * trained:.1f} %", "better than random",
-         "ok" if trained > random_init else "MISS"),  # fmt: skip
+        (
+            f"Fashion-MNIST k-NN top-1 (k=20) random init -> SOP, {scope}, {steps} steps",
+            f"{100 * random_init:.1f} % -> {100 * trained:.1f} %",
+            "better than random",
+            "ok" if trained > random_init else "MISS",
+        ),  # fmt: skip
         ("Fashion-MNIST run wall time incl. k-NN (s)", f"{summary['wall_s']:.0f}", "", ""),
     ]
 
@@ -217,8 +232,9 @@ def section_fsdp2(dry: bool, device: str) -> list[tuple]:
 
     r = fsdp2_parity.run_parity(steps=2 if dry else 8, resume_at=1 if dry else 4, world=2, reshard=not dry)
     ok = r["max_abs_loss_diff_vs_ddp"] <= 1e-3 and r["resume_max_abs_diff"] <= 1e-6 and r["export_loads_with_automodel"]
-    figures = (f"{r['max_abs_loss_diff_vs_ddp']:.1e} / {r['resume_max_abs_diff']:.1e} / "
-               f"{r['export_loads_with_automodel']}")
+    figures = (
+        f"{r['max_abs_loss_diff_vs_ddp']:.1e} / {r['resume_max_abs_diff']:.1e} / {r['export_loads_with_automodel']}"
+    )
     rows = [(f"FSDP2 CPU harness ({r['steps']} steps, 2 gloo processes): max abs loss diff vs DDP / resume diff / "
              "export loads", figures,
              "<= 1e-3 / <= 1e-6 / True", "ok" if ok else "MISS")]  # fmt: skip
@@ -328,8 +344,11 @@ def header(device: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (seconds): checks the kit runs")
-    parser.add_argument("--data_dir", default=os.environ.get("SOP_FASHION_MNIST_DIR"),
-                        help="folder of the Fashion-MNIST .gz files (default: $SOP_FASHION_MNIST_DIR, else Debian's)")
+    parser.add_argument(
+        "--data_dir",
+        default=os.environ.get("SOP_FASHION_MNIST_DIR"),
+        help="folder of the Fashion-MNIST .gz files (default: $SOP_FASHION_MNIST_DIR, else Debian's)",
+    )
     parser.add_argument("--only", nargs="*", default=None, help="run only these sections")
     parser.add_argument("--_section", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -372,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for line in stdout.splitlines():
             if line.startswith(RESULT_PREFIX):
-                result = json.loads(line[len(RESULT_PREFIX):])
+                result = json.loads(line[len(RESULT_PREFIX) :])
                 results[result["name"]] = result["rows"]
         for name in group:
             if name in results:

@@ -71,7 +71,7 @@ def main() -> None:
     print("| variant | peak growth (MiB) | scores + normalised copies held at once (MiB) | ratio to dense |")
     print("|---|---|---|---|")
     rows = {}
-    for name, variant in VARIANTS.items():
+    for name in VARIANTS:
         runs = []
         for _ in range(args.repeats):
             cmd = [sys.executable, __file__, "--variant", name, *sum(([f"--{k}", str(getattr(args, k))] for k in

@@ -156,8 +156,10 @@ def main() -> None:
     Path(f"{args.out}.json").write_text(json.dumps(record, indent=2))
     lines = [f"| method ({args.steps} steps, seeds {', '.join(map(str, seeds))}) | k-NN top-1 (%) | linear probe top-1 (%) |",
              "|---|---|---|"]  # fmt: skip
-    names = {label: f"{label}, {row['knn']['n']} seed(s)" if label in ROWS and row["knn"]["n"] < len(seeds) else label
-             for label, row in table.items()}  # a row not run at every seed says so
+    names = {
+        label: f"{label}, {row['knn']['n']} seed(s)" if label in ROWS and row["knn"]["n"] < len(seeds) else label
+        for label, row in table.items()
+    }  # a row not run at every seed says so
     for label, row in table.items():
         cells = [f"{100 * row[m]['mean']:.1f} ({100 * row[m]['min']:.1f}-{100 * row[m]['max']:.1f})"
                  if row[m]["n"] > 1 else f"{100 * row[m]['mean']:.1f}" for m in ("knn", "linear")]  # fmt: skip

@@ -23,12 +23,11 @@ import argparse
 import time
 
 import torch
+from pretraining_step import make_batch  # benchmarks/ is on sys.path (script dir, or run.py puts it there)
+from repeats import fmt_summary, summarize  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode
 
 from sop_hf import SOPConfig, SOPForPreTraining
-
-from pretraining_step import make_batch  # benchmarks/ is on sys.path (script dir, or run.py puts it there)
-from repeats import fmt_summary, summarize  # noqa: E402
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
@@ -125,8 +124,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny ViT (checks the measurement; any device)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile (see --compile_scope)")
-    parser.add_argument("--compile_scope", default="encoders", choices=["encoders", "model"],
-                        help="compile the two encoders (default) or the whole pretraining forward")
+    parser.add_argument(
+        "--compile_scope",
+        default="encoders",
+        choices=["encoders", "model"],
+        help="compile the two encoders (default) or the whole pretraining forward",
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None, help="images per step (default 64; 4 with --quick)")
     parser.add_argument("--repeats", type=int, default=1, help="timing windows; > 1 prints median and range")

@@ -1,9 +1,9 @@
 """Median and range over repeated benchmark runs, the form in which docs/performance.md quotes every figure.
 
-    >>> summarize([2.35, 2.51, 2.40])
-    {'median': 2.4, 'min': 2.35, 'max': 2.51, 'n': 3}
-    >>> fmt_summary(summarize([2.35, 2.51, 2.40]), "{:.2f}")
-    '2.40 (2.35-2.51, n=3)'
+>>> summarize([2.35, 2.51, 2.40])
+{'median': 2.4, 'min': 2.35, 'max': 2.51, 'n': 3}
+>>> fmt_summary(summarize([2.35, 2.51, 2.40]), "{:.2f}")
+'2.40 (2.35-2.51, n=3)'
 """
 
 import statistics

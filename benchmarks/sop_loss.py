@@ -37,7 +37,9 @@ from sop_hf.losses.sop import resolve_search_dtype
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from repeats import fmt_summary, summarize_runs  # noqa: E402
 
-PAPER = dict(memory_size=65536, num_anchors=4096, num_kept=2048, num_support=9, num_tasks=4, views=12, batch=128, dim=256)
+PAPER = dict(
+    memory_size=65536, num_anchors=4096, num_kept=2048, num_support=9, num_tasks=4, views=12, batch=128, dim=256
+)
 QUICK = dict(memory_size=16384, num_anchors=1024, num_kept=512, num_support=9, num_tasks=4, views=4, batch=128, dim=256)
 TINY = dict(memory_size=2048, num_anchors=256, num_kept=128, num_support=9, num_tasks=2, views=4, batch=16, dim=64)
 SCALES = {"paper": PAPER, "quick": QUICK, "tiny": TINY}  # tiny: the CPU dry run of benchmarks/gpu_check.sh
@@ -165,13 +167,23 @@ def run_repeated(quick: bool = False, device: str | None = None, repeats: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced scale (seconds on a CPU)")
-    parser.add_argument("--scale", default=None, choices=sorted(SCALES), help="paper, quick or tiny (overrides --quick)")
+    parser.add_argument(
+        "--scale", default=None, choices=sorted(SCALES), help="paper, quick or tiny (overrides --quick)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="independent runs (fresh processes); > 1 prints median and range of every figure")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="independent runs (fresh processes); > 1 prints median and range of every figure",
+    )
     parser.add_argument("--iters", type=int, default=3, help="timed forward+backward calls per run (median)")
-    parser.add_argument("--search_dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="neighbour-search precision used by both variants (auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument(
+        "--search_dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="neighbour-search precision used by both variants (auto: bf16 on CUDA, fp32 on CPU)",
+    )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:

@@ -303,7 +303,9 @@ def test_multicrop__random_streams_are_unchanged():
     shared = augment(image, _gen(0))
     assert [float(c.sum()) for c in per_view[0] + per_view[1]] == pytest.approx([-300.915, -300.405, -33.782, -7.797],
                                                                                 abs=2e-3)  # fmt: skip
-    assert [float(c.sum()) for c in shared[0] + shared[1]] == pytest.approx([-300.915, -523.903, 85.924, -8.241], abs=2e-3)
+    assert [float(c.sum()) for c in shared[0] + shared[1]] == pytest.approx(
+        [-300.915, -523.903, 85.924, -8.241], abs=2e-3
+    )
 
 
 @pytest.mark.parametrize("size", [(5, 7), (1, 1), (2, 300)])

@@ -226,7 +226,9 @@ def test_pipeline__device_path_with_workers_and_a_new_epoch():
     for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["sample_index"], b["sample_index"])
     first = {int(i): v for b in serial for i, v in zip(b["sample_index"], b["pixel_values"][: len(b["sample_index"])])}
-    later = {int(i): v for b in next_epoch for i, v in zip(b["sample_index"], b["pixel_values"][: len(b["sample_index"])])}
+    later = {
+        int(i): v for b in next_epoch for i, v in zip(b["sample_index"], b["pixel_values"][: len(b["sample_index"])])
+    }
     assert all(not torch.allclose(first[i], later[i]) for i in first)  # every epoch draws new views
 
 

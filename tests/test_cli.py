@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, ViTModel
@@ -171,8 +171,10 @@ def lineage_checkpoints(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lineage")
     folders = {}
-    models = {"massl_vit": lineage_model("massl", memory_size=64, block_size=16),
-              "carp_resnet": lineage_model("carp", backbone=dict(TINY_RESNET), num_prototypes=64, block_size=16)}
+    models = {
+        "massl_vit": lineage_model("massl", memory_size=64, block_size=16),
+        "carp_resnet": lineage_model("carp", backbone=dict(TINY_RESNET), num_prototypes=64, block_size=16),
+    }
     for name, model in models.items():
         model.save_pretrained(root / name)
         folders[name] = str(root / name)

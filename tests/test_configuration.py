@@ -59,8 +59,11 @@ def test_config__invalid_values_name_the_field(field, value, message):
 
 
 def test_config__mim_needs_mask_token():
-    with pytest.raises(ValueError, match=r"use_mask_token must be True \(or None\) when mim_loss_weight > 0 .*got "
-                       r"use_mask_token=False with mim_loss_weight=1.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"use_mask_token must be True \(or None\) when mim_loss_weight > 0 .*got "
+        r"use_mask_token=False with mim_loss_weight=1.0",
+    ):
         tiny_config(use_mask_token=False, mim_loss_weight=1.0)
     assert tiny_config(use_mask_token=False, mim_loss_weight=0.0).use_mask_token is False
     with pytest.raises(ValueError, match="SOPConfig.use_mask_token must be True, False or None, got 'yes'"):

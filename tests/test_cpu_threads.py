@@ -71,8 +71,14 @@ def test_accelerate_launch__the_trainer_runs_on_every_core(tmp_path):
     )
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", str(probe)]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]), "HOME": str(tmp_path)}
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, stdin=subprocess.DEVNULL)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        "HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, stdin=subprocess.DEVNULL
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("threads"))
     assert line.split()[1:] == ["1", "1", str(usable_cores())]  # launcher said 1; the trainer raised it

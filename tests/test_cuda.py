@@ -18,7 +18,6 @@ from sop_hf.losses import (
     multi_view_cross_entropy,
     prototype_assignments,
 )
-
 from tests.conftest import tiny_config
 
 pytestmark = [

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from sop_hf import SOPForPreTraining
-from sop_hf.data.sources import load_image_dataset
 from sop_hf.data.pipeline import (
     BOOKKEEPING_KEYS,
     IMAGE_OK,
@@ -22,6 +21,7 @@ from sop_hf.data.pipeline import (
     build_train_dataset,
     collate_multicrop,
 )
+from sop_hf.data.sources import load_image_dataset
 from tests.conftest import tiny_config
 
 

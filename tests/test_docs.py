@@ -14,8 +14,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from sop_hf import SOPConfig, SOPModel
-from sop_hf.hub.stock_vit import stock_image_processor
 from sop_hf.hub import save_encoder
+from sop_hf.hub.stock_vit import stock_image_processor
 from sop_hf.methods import SOP
 
 ROOT = Path(__file__).parent.parent
@@ -41,8 +41,9 @@ def demo_dir(tmp_path_factory):
 
 def run(cmd, cwd, shell=False):
     env = {**os.environ, "HF_HOME": str(cwd / "hf_home"), "OMP_NUM_THREADS": "2"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, shell=shell, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)  # a trust_remote_code prompt must fail, not wait
+    result = subprocess.run(
+        cmd, cwd=cwd, env=env, shell=shell, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )  # a trust_remote_code prompt must fail, not wait
     assert result.returncode == 0, f"{cmd}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result.stdout
 
@@ -69,7 +70,7 @@ def test_evaluation_doc__shell_commands_run_and_print_the_fixed_names(demo_dir):
 # What each Python block must leave behind or print, so a block that runs but does the wrong thing fails.
 BLOCK_CHECKS = {
     "README.md": [
-        'import numpy as np; from PIL import Image\n'
+        "import numpy as np; from PIL import Image\n"
         'assert type(model).__name__ == "SOPModel"\n'
         'print("pooled", np.array(extractor(Image.new("RGB", (28, 28)), pool=True)).shape)',
     ],

@@ -17,10 +17,10 @@ from PIL import Image
 
 from sop_hf import SOPConfig, SOPForPreTraining, SOPImageProcessor, SOPModel
 from sop_hf.cli import eval_main, visualize_main
+from sop_hf.hub import save_encoder
 from sop_hf.hub.loading import load_encoder
 from sop_hf.hub.model_card import update_model_card
 from sop_hf.hub.record import CardRecord
-from sop_hf.hub import save_encoder
 from tests.conftest import tiny_config
 
 FRACTION = r"(0\.\d{4}|1\.0000)"
@@ -255,7 +255,9 @@ def test_eval__save_to_disk_named_splits_with_a_corrupt_image(model_dir, tmp_pat
     rng = np.random.default_rng(0)
 
     def split(count: int) -> datasets.Dataset:
-        images = [Image.fromarray((rng.integers(0, 100, (28, 28)) + 120 * (i % 2)).astype(np.uint8)) for i in range(count)]
+        images = [
+            Image.fromarray((rng.integers(0, 100, (28, 28)) + 120 * (i % 2)).astype(np.uint8)) for i in range(count)
+        ]
         table = datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(count)]},
                                            features=datasets.Features({"image": datasets.Image(),
                                                                        "label": datasets.ClassLabel(names=["dark", "bright"])}))  # fmt: skip

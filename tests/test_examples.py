@@ -71,7 +71,14 @@ def test_demo__two_cpu_processes_with_accelerate_launch(tmp_path):
 
 def test_help__explains_the_knobs():
     result = run([sys.executable, SCRIPT, "--help"], timeout=120)
-    for flag in ("--dataset_name", "--config_overrides", "--recipe", "--momentum_teacher", "--clip_grad_per_param", "--max_steps"):
+    for flag in (
+        "--dataset_name",
+        "--config_overrides",
+        "--recipe",
+        "--momentum_teacher",
+        "--clip_grad_per_param",
+        "--max_steps",
+    ):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())
     assert "sop: demo, vit_small_imagenet, vit_base_imagenet" in text and "carp: demo, carp_resnet50_imagenet" in text
@@ -88,12 +95,16 @@ def test_script__is_glue_that_imports_the_library():
     assert "from sop_hf.pretrain import" in source and "_load_from_checkpoint" not in source
 
 
-SIZES = {"massl": "memory_size=2048,block_size=256", "carp": "num_prototypes=1024,block_size=256",
-         "carl": "num_prototypes=1024"}
+SIZES = {
+    "massl": "memory_size=2048,block_size=256",
+    "carp": "num_prototypes=1024,block_size=256",
+    "carl": "num_prototypes=1024",
+}
 
 
-@pytest.mark.parametrize("method", [pytest.param("massl", marks=pytest.mark.slow), "carp",
-                                    pytest.param("carl", marks=pytest.mark.slow)])  # carp in the default run
+@pytest.mark.parametrize(
+    "method", [pytest.param("massl", marks=pytest.mark.slow), "carp", pytest.param("carl", marks=pytest.mark.slow)]
+)  # carp in the default run
 def test_lineage_methods__short_end_to_end_run_exports_a_loadable_encoder(method, tmp_path):
     out = tmp_path / method
     run([sys.executable, SCRIPT, "--method", method, "--max_steps", "3", "--logging_steps", "1", "--knn_eval", "false",

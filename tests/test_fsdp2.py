@@ -111,8 +111,8 @@ def test_encoder_states__export_encoder_reads_gathered_full_weights():
 
 
 def test_trainer__fsdp_on_cpu_refused_saying_why(tmp_path, monkeypatch):
-    from tests.scripts.train_tiny import IndexSeededImages, collate
     from sop_hf.training import SOPTrainer
+    from tests.scripts.train_tiny import IndexSeededImages, collate
 
     def build(**kwargs):
         args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **kwargs)
@@ -121,8 +121,11 @@ def test_trainer__fsdp_on_cpu_refused_saying_why(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp --fsdp_version 2` sets
     monkeypatch.setenv("FSDP_VERSION", "2")
-    with pytest.raises(ValueError, match=r"On CPU, FSDP and DeepSpeed are refused: accelerate enables FSDP only on "
-                                         r"accelerators, so with --use_fsdp on CPU every process would train alone"):
+    with pytest.raises(
+        ValueError,
+        match=r"On CPU, FSDP and DeepSpeed are refused: accelerate enables FSDP only on "
+        r"accelerators, so with --use_fsdp on CPU every process would train alone",
+    ):
         build()
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ValueError, match=r"FSDP version 1 and DeepSpeed are refused everywhere"):

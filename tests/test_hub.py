@@ -214,7 +214,10 @@ def test_save_encoder__writes_a_self_contained_folder(tmp_path):
 
 def test_save_encoder__refuses_a_pretraining_model(tmp_path):
     model = SOPForPreTraining(tiny_config())
-    with pytest.raises(ValueError, match=r"expects an SOPModel or ResNetModel encoder, got SOPForPreTraining\. Call `model\.export_encoder"):
+    with pytest.raises(
+        ValueError,
+        match=r"expects an SOPModel or ResNetModel encoder, got SOPForPreTraining\. Call `model\.export_encoder",
+    ):
         save_encoder(model, tmp_path)
     assert not any(tmp_path.iterdir())
     save_encoder(model.export_encoder("teacher"), tmp_path / "teacher")  # the supported route
@@ -281,7 +284,9 @@ def _reference(tmp_path: Path) -> tuple[Path, Path, torch.Tensor, torch.Tensor]:
 
 
 # Runs in a fresh interpreter with sop_hf removed from sys.path, so only the repository's remote code can be used.
-LOAD_SCRIPT = WITHOUT_SOP_HF + """import torch
+LOAD_SCRIPT = (
+    WITHOUT_SOP_HF
+    + """import torch
 from huggingface_hub import hf_hub_download
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, pipeline
@@ -300,6 +305,7 @@ readme = open(hf_hub_download(repo, "README.md"), encoding="utf-8").read()
 torch.save({{"tokens": out.last_hidden_state, "pooled": out.pooler_output, "pipeline": pooled,
             "readme": readme, "cache": os.environ["HF_HUB_CACHE"]}}, out_path)
 """
+)
 
 
 def _load_from_hub(hub, repo: str, image: Path, tmp_path: Path) -> dict:
@@ -372,7 +378,9 @@ def test_push_encoder_to_hub__refuses_a_pretraining_model_before_creating_the_re
             calls.append(("upload_folder", sorted(os.listdir(kwargs["folder_path"]))))
 
     monkeypatch.setattr("sop_hf.hub.push.HfApi", NoNetworkApi)
-    with pytest.raises(ValueError, match=r"push_encoder_to_hub expects an SOPModel or ResNetModel encoder, got SOPForPreTraining\."):
+    with pytest.raises(
+        ValueError, match=r"push_encoder_to_hub expects an SOPModel or ResNetModel encoder, got SOPForPreTraining\."
+    ):
         push_encoder_to_hub(SOPForPreTraining(tiny_config()), "me/x")
     assert calls == []
     push_encoder_to_hub(SOPModel(encoder_config()), "me/x")

@@ -58,7 +58,8 @@ def test_base_learning_rate__is_scaled_by_the_global_batch(tmp_path, caplog):
     expected = "learning rate 0.00046875 = base 0.003 x global batch 40 / 256 (--base_learning_rate)"
     assert args.describe_learning_rate(40) == expected
     assert SOPTrainingArguments(output_dir=str(tmp_path), base_learning_rate=3e-3).describe_learning_rate(320) == (
-        "learning rate 0.00375 = base 0.003 x global batch 320 / 256 (--base_learning_rate)")
+        "learning rate 0.00375 = base 0.003 x global batch 320 / 256 (--base_learning_rate)"
+    )
 
 
 def test_base_learning_rate__flag_replaces_the_recipe_and_default_is_sop(tmp_path):
@@ -71,8 +72,10 @@ def test_base_learning_rate__flag_replaces_the_recipe_and_default_is_sop(tmp_pat
 
 
 def test_learning_rates__both_explicit_and_different_are_an_error(tmp_path):
-    message = (r"--learning_rate 0.001 and --base_learning_rate 0.003 both set the peak rate: give one "
-               r"\(--learning_rate is absolute; --base_learning_rate is scaled by global batch / 256, here 8\)")
+    message = (
+        r"--learning_rate 0.001 and --base_learning_rate 0.003 both set the peak rate: give one "
+        r"\(--learning_rate is absolute; --base_learning_rate is scaled by global batch / 256, here 8\)"
+    )
     with pytest.raises(ValueError, match=message):
         parse(tiny_args(tmp_path, "--learning_rate", "0.001", "--base_learning_rate", "0.003",
                         "--per_device_train_batch_size", "8"))  # fmt: skip

@@ -14,9 +14,9 @@ from PIL import Image
 from transformers import ResNetModel
 
 from sop_hf import CARPConfig, CARPForPreTraining
-from sop_hf.methods import build_config
 from sop_hf.evaluation import extract_features, pool_output
 from sop_hf.hub import build_model_card, default_image_processor, save_encoder
+from sop_hf.methods import build_config
 from tests.conftest import TINY, TINY_RESNET, WITHOUT_SOP_HF, lineage_model
 
 ROOT = Path(__file__).parent.parent
@@ -53,7 +53,10 @@ def test_config__head_batch_norm_default_follows_the_encoder_and_validation():
     resnet50 = build_config("carp", {"backbone_config": {"model_type": "resnet"}})
     assert resnet50.head_batch_norm is True and resnet50.is_resnet
     assert CARPConfig().head_batch_norm is False  # the default encoder is the SOP ViT
-    assert build_config("carp", {"backbone_config": {"model_type": "resnet"}, "head_batch_norm": False}).head_batch_norm is False
+    assert (
+        build_config("carp", {"backbone_config": {"model_type": "resnet"}, "head_batch_norm": False}).head_batch_norm
+        is False
+    )
     assert resnet50.encoder_width == 2048 and list(resnet50.backbone_config.depths) == [3, 4, 6, 3]  # ResNet-50
     with pytest.raises(ValueError, match="backbone_config must be an SOPConfig or a ResNetConfig"):
         build_config("carp", {"backbone_config": {"model_type": "bert"}})
@@ -109,7 +112,9 @@ def _image(path: Path) -> Path:
     return path
 
 
-LOAD_WITHOUT_SOP_HF = WITHOUT_SOP_HF + """import torch
+LOAD_WITHOUT_SOP_HF = (
+    WITHOUT_SOP_HF
+    + """import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, pipeline
 
@@ -122,6 +127,7 @@ with torch.no_grad():
 pooled = torch.tensor(pipeline("image-feature-extraction", model=folder)(Image.open(image_path), pool=True))
 torch.save({"pooled": out.pooler_output, "pipeline": pooled}, out_path)
 """
+)
 
 
 def test_export__stock_resnet_folder_loads_without_sop_hf_with_identical_features(tmp_path):
@@ -196,8 +202,16 @@ def test_script__sop_refuses_the_resnet_encoder(tmp_path):
     from sop_hf.pretrain import main
 
     with pytest.raises(ValueError, match="unknown SOPConfig field.*backbone_config"):
-        main(["--config_overrides", 'backbone_config={"model_type":"resnet"}', "--max_steps", "1",
-              "--output_dir", str(tmp_path)])
+        main(
+            [
+                "--config_overrides",
+                'backbone_config={"model_type":"resnet"}',
+                "--max_steps",
+                "1",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_update_model_card__adds_results_to_a_resnet_export_but_not_to_a_foreign_resnet(tmp_path):

@@ -78,8 +78,14 @@ def test_updated_center__is_the_ema_of_the_batch_mean():
 
 
 BAD_CALLS = [
-    (lambda: centered_teacher_probs(torch.zeros(2, 3), torch.zeros(1, 3), 0.0), "teacher_temp must be a finite number > 0"),
-    (lambda: dino_cross_entropy(torch.zeros(4, 3), torch.zeros(4, 3), -1.0), "student_temp must be a finite number > 0"),
+    (
+        lambda: centered_teacher_probs(torch.zeros(2, 3), torch.zeros(1, 3), 0.0),
+        "teacher_temp must be a finite number > 0",
+    ),
+    (
+        lambda: dino_cross_entropy(torch.zeros(4, 3), torch.zeros(4, 3), -1.0),
+        "student_temp must be a finite number > 0",
+    ),
     (lambda: updated_center(torch.zeros(1, 3), torch.zeros(2, 3), 1.5), "center momentum must be in [0, 1], got 1.5"),
 ]
 

@@ -204,7 +204,9 @@ def test_save_load__round_trip(tmp_path, config, dtype):
 def test_save_load__mismatched_shapes_raise(tmp_path, config):
     SOPModel(config).save_pretrained(tmp_path)
     bigger = tiny_config(hidden_size=64)
-    with pytest.raises(ValueError, match=r"shapes do not match.*embeddings.cls_token: checkpoint \(1, 1, 32\) vs model \(1, 1, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"shapes do not match.*embeddings.cls_token: checkpoint \(1, 1, 32\) vs model \(1, 1, 64\)"
+    ):
         SOPModel.from_pretrained(tmp_path, config=bigger)
 
 
@@ -265,5 +267,5 @@ def test_remote_code__loads_without_sop_hf_installed(tmp_path, config):
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("DELTA")][0]
+    line = [row for row in result.stdout.splitlines() if row.startswith("DELTA")][0]
     assert float(line.split()[1]) == 0.0 and line.split()[2] == "SOPImageProcessor"

@@ -273,7 +273,10 @@ def test_backbone__auto_backbone_hidden_states_and_round_trip(tmp_path):
     assert len(out.hidden_states) == 3 and len(out.attentions) == 2
     backbone.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert saved["out_features"] == ["stage1", "stage2"] and saved["auto_map"]["AutoBackbone"] == "modeling_sop.SOPBackbone"
+    assert (
+        saved["out_features"] == ["stage1", "stage2"]
+        and saved["auto_map"]["AutoBackbone"] == "modeling_sop.SOPBackbone"
+    )
     loaded = SOPBackbone.from_pretrained(tmp_path).eval()
     assert loaded.out_features == ["stage1", "stage2"]
     images = torch.randn(2, 3, 32, 32)
@@ -309,7 +312,9 @@ def test_config__backbone_stages_validated_and_old_configs_load():
 
 # ---------------------------------------------------------------- remote code
 
-REMOTE_SCRIPT = WITHOUT_SOP_HF + """import torch
+REMOTE_SCRIPT = (
+    WITHOUT_SOP_HF
+    + """import torch
 from transformers import AutoBackbone, AutoModelForImageClassification
 
 repo, ref_path = {repo!r}, {ref!r}
@@ -324,6 +329,7 @@ with torch.no_grad():
 print("DELTA", (tokens - ref["tokens"]).abs().max().item(), (maps[-1] - ref["map"]).abs().max().item(),
       type(classifier).__name__, type(backbone).__name__, [tuple(m.shape) for m in maps])
 """
+)
 
 
 def test_remote_code__classifier_and_backbone_load_without_sop_hf(exported, tmp_path):

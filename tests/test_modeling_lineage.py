@@ -20,7 +20,9 @@ def lineage(method, **overrides):
 
 
 def inputs(batch=4, local=2):
-    return dict(pixel_values=torch.randn(2 * batch, 3, 32, 32), local_pixel_values=torch.randn(local * batch, 3, 16, 16))
+    return dict(
+        pixel_values=torch.randn(2 * batch, 3, 32, 32), local_pixel_values=torch.randn(local * batch, 3, 16, 16)
+    )
 
 
 @pytest.mark.parametrize("method", LINEAGE)

@@ -122,7 +122,9 @@ def test_head_metrics__a_memory_of_copies_is_a_collapse_a_random_one_is_not():
     assert collapsed["memory_rank"] < 2.5 and collapsed["support_similarity"] > 0.999
     assert collapsed["image_entropy_ratio"] > 0.45  # the targets can only tell two directions apart (ln 2 / ln 4)
     reasons = monitor.collapse_reasons(collapsed)
-    assert any(r.startswith("memory_rank") for r in reasons) and any(r.startswith("support_similarity") for r in reasons)
+    assert any(r.startswith("memory_rank") for r in reasons) and any(
+        r.startswith("support_similarity") for r in reasons
+    )
 
 
 LINEAGE_SIZES = {"massl": dict(memory_size=64, block_size=16), "carp": dict(num_prototypes=32, block_size=8),

@@ -125,8 +125,12 @@ def test_main_job__two_processes_corrupt_image_two_epochs_exports(tmp_path):
                     "--per_device_train_batch_size", 16, "--knn_eval", "false", "--monitor_steps", 0,
                     "--output_dir", out, "--save_strategy", "epoch", "--logging_steps", 1])  # fmt: skip
     summary = json.loads((out / "results.json").read_text())
-    assert summary["global_step"] == 6 and summary["bad_images"] == 1 and summary["bad_files"][0].endswith("broken.png)")
-    assert (out / "encoder" / "model.safetensors").exists() and (out / "checkpoint-6" / "checkpoint_complete.json").exists()
+    assert (
+        summary["global_step"] == 6 and summary["bad_images"] == 1 and summary["bad_files"][0].endswith("broken.png)")
+    )
+    assert (out / "encoder" / "model.safetensors").exists() and (
+        out / "checkpoint-6" / "checkpoint_complete.json"
+    ).exists()
     assert not (out / ".staging").exists()
     assert "find_unused_parameters" not in result.stderr  # every trainable parameter is used: no DDP warning
 
@@ -152,6 +156,25 @@ def test_bad_image_fraction__one_bad_file_tolerated_two_of_ten_stop_naming_them(
     data = write_folder(tmp_path / "data", 8, corrupt="broken.png")
     (data / "bright" / "also_broken.png").write_bytes(b"not an image either")
     with pytest.raises(ValueError, match=r"2 of 10 training images are unreadable.*broken.png"):
-        main(["--dataset_name", str(data), "--max_steps", "2", "--per_device_train_batch_size", "4",
-              "--knn_eval", "false", "--monitor_steps", "0", "--logging_steps", "1",
-              "--save_strategy", "no", "--disable_tqdm", "true", "--output_dir", str(tmp_path / "o")])
+        main(
+            [
+                "--dataset_name",
+                str(data),
+                "--max_steps",
+                "2",
+                "--per_device_train_batch_size",
+                "4",
+                "--knn_eval",
+                "false",
+                "--monitor_steps",
+                "0",
+                "--logging_steps",
+                "1",
+                "--save_strategy",
+                "no",
+                "--disable_tqdm",
+                "true",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )

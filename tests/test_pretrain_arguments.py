@@ -23,8 +23,13 @@ def test_parse_config_overrides__update_from_string_syntax():
 
 def test_parse_config_overrides__dotted_keys_json_values_and_commas_inside_values():
     text = 'a=1,b=true,backbone_config.hidden_size=128,mask_ratio=[0.1, 0.5],backbone_config={"model_type":"resnet"}'
-    assert parse_config_overrides(text) == {"a": 1, "b": True, "backbone_config.hidden_size": 128,
-                                            "mask_ratio": [0.1, 0.5], "backbone_config": {"model_type": "resnet"}}
+    assert parse_config_overrides(text) == {
+        "a": 1,
+        "b": True,
+        "backbone_config.hidden_size": 128,
+        "mask_ratio": [0.1, 0.5],
+        "backbone_config": {"model_type": "resnet"},
+    }
     assert parse_config_overrides(None) == {} and parse_config_overrides(" ") == {}
     for bad in ("num_anchors", "=3"):
         with pytest.raises(ValueError, match=re.escape(f"--config_overrides entries must be FIELD=VALUE, got {bad!r}")):
@@ -41,8 +46,10 @@ def test_typed_for__boolean_fields_take_update_from_string_spellings():
 
 def test_encoder_size_overrides__sop_fields_or_the_lineage_encoder():
     assert encoder_size_overrides({"image_size": 28}, 32, None) == {"image_size": 32}
-    assert encoder_size_overrides({"backbone_config": {}}, 32, 8) == {"backbone_config.image_size": 32,
-                                                                       "backbone_config.patch_size": 8}
+    assert encoder_size_overrides({"backbone_config": {}}, 32, 8) == {
+        "backbone_config.image_size": 32,
+        "backbone_config.patch_size": 8,
+    }
     assert encoder_size_overrides({}, None, None) == {}
 
 
@@ -78,7 +85,12 @@ def test_location_flags__every_spelling_and_nothing_else():
             "32", "--bf16", "--split", "s"]  # fmt: skip
     flags = location_flags(argv)
     assert (flags["train_dir"], flags["data_files"], flags["recipe"], flags["image_size"], flags["split"]) == (
-        "a", ["x", "train=y"], "demo", 32, "s")
+        "a",
+        ["x", "train=y"],
+        "demo",
+        32,
+        "s",
+    )
     assert flags["method"] is None and "max_steps" not in flags
 
 
@@ -109,4 +121,7 @@ def test_automatic_recipe__from_a_probe_of_the_first_readable_image(tmp_path):
     assert choose_recipe(location_flags(["--dataset_name", str(tmp_path / "images")]), probe=False).name == "demo"
     args = parse_arguments(["--dataset_name", str(tmp_path / "images"), "--output_dir", "o"])
     assert (args.recipe, args.data.global_crop_size, args.training.max_steps) == (
-        "demo model at 88 px, patch 8", 88, 500)
+        "demo model at 88 px, patch 8",
+        88,
+        500,
+    )

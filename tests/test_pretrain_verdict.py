@@ -28,5 +28,6 @@ def test_knn_verdict__learned_within_noise_or_worse(trained, baseline, expected)
 
 
 def test_knn_verdict__takes_another_measured_spread():
-    assert knn_verdict(0.50, 0.46, spread_points=5.0).startswith("+4.0 points: within noise (seed-to-seed spread of "
-                                                                 "random init is about 5 points)")
+    assert knn_verdict(0.50, 0.46, spread_points=5.0).startswith(
+        "+4.0 points: within noise (seed-to-seed spread of random init is about 5 points)"
+    )

@@ -7,8 +7,7 @@ import json
 import pytest
 import yaml
 
-from sop_hf import SOPConfig
-from sop_hf import pretrain
+from sop_hf import SOPConfig, pretrain
 from sop_hf.methods import METHODS, build_config, get_method, recipe_owner
 
 ALL = [(method, name) for method, spec in METHODS.items() for name in spec.recipes]
@@ -118,7 +117,11 @@ def test_recipe__carp_resnet50_is_a_resnet_50():
 
 def test_recipe__imagenet_multicrop_recipes_share_the_sop_paper_bank_and_ibot_crops():
     names = [n for n in METHODS["sop"].recipes if n.endswith("_imagenet_multicrop")]
-    assert sorted(names) == ["vit_base_imagenet_multicrop", "vit_large_imagenet_multicrop", "vit_small_imagenet_multicrop"]
+    assert sorted(names) == [
+        "vit_base_imagenet_multicrop",
+        "vit_large_imagenet_multicrop",
+        "vit_small_imagenet_multicrop",
+    ]
     assert len({tuple(sorted(METHODS["sop"].recipes[n]["data"].items())) for n in names}) == 1
 
 
@@ -132,10 +135,22 @@ def test_recipe_owner__finds_the_method_and_names_the_choices():
 
 
 def test_flags__override_the_recipe_and_config_overrides_change_single_fields(script, tmp_path):
-    argv = ["--recipe", "demo", "--max_steps", "7", "--global_crop_size", "32", "--output_dir", str(tmp_path),
-            "--config_overrides", "num_anchors=128,koleo_loss_weight=0.2,image_size=32"]
+    argv = [
+        "--recipe",
+        "demo",
+        "--max_steps",
+        "7",
+        "--global_crop_size",
+        "32",
+        "--output_dir",
+        str(tmp_path),
+        "--config_overrides",
+        "num_anchors=128,koleo_loss_weight=0.2,image_size=32",
+    ]
     model_args, data_args, training_args, _, values, _ = script.parse_arguments(argv)
-    assert training_args.max_steps == 7 and training_args.base_learning_rate == 3e-3  # flag wins, the rest is the recipe
+    assert (
+        training_args.max_steps == 7 and training_args.base_learning_rate == 3e-3
+    )  # flag wins, the rest is the recipe
     assert data_args.global_crop_size == 32
     config, _ = script.build_model(model_args, values)
     assert (config.num_anchors, config.koleo_loss_weight, config.image_size) == (128, 0.2, 32)
@@ -149,11 +164,30 @@ def test_flags__override_the_recipe_and_config_overrides_change_single_fields(sc
 
 
 def test_config_file__with_a_recipe_equals_the_same_flags(script, tmp_path):
-    flags = ["--method", "massl", "--recipe", "demo", "--max_steps", "9", "--config_overrides", "block_size=128",
-             "--output_dir", str(tmp_path)]
+    flags = [
+        "--method",
+        "massl",
+        "--recipe",
+        "demo",
+        "--max_steps",
+        "9",
+        "--config_overrides",
+        "block_size=128",
+        "--output_dir",
+        str(tmp_path),
+    ]
     file = tmp_path / "run.yaml"
-    file.write_text(yaml.safe_dump({"method": "massl", "recipe": "demo", "max_steps": 9,
-                                    "config_overrides": "block_size=128", "output_dir": str(tmp_path)}))
+    file.write_text(
+        yaml.safe_dump(
+            {
+                "method": "massl",
+                "recipe": "demo",
+                "max_steps": 9,
+                "config_overrides": "block_size=128",
+                "output_dir": str(tmp_path),
+            }
+        )
+    )
     from_flags, from_file = script.parse_arguments(flags), script.parse_arguments([str(file)])
     for a, b in zip(from_flags[:3], from_file[:3], strict=True):
         assert a.to_dict() == b.to_dict() if hasattr(a, "to_dict") else vars(a) == vars(b)
@@ -167,7 +201,10 @@ def test_config_file__with_a_recipe_equals_the_same_flags(script, tmp_path):
 
 
 def test_help__shows_the_values_of_the_chosen_recipe(script, capsys):
-    for argv, expected in ((["--help"], "(default: 0.003)"), (["--recipe", "vit_small_imagenet", "--help"], "(default: 0.0005)")):
+    for argv, expected in (
+        (["--help"], "(default: 0.003)"),
+        (["--recipe", "vit_small_imagenet", "--help"], "(default: 0.0005)"),
+    ):
         with pytest.raises(SystemExit):
             script.parse_arguments(argv)
         text = " ".join(capsys.readouterr().out.split())
@@ -181,7 +218,10 @@ def test_auto_recipe__follows_the_image_size():
     for side, patch, crop in ((28, 4, 28), (33, 4, 32), (96, 8, 96), (150, 8, 144)):
         label, values = pretrain.recipe_for_images("sop", side)
         assert (values["model"]["patch_size"], values["model"]["image_size"], values["data"]["global_crop_size"]) == (
-            patch, crop, crop), side
+            patch,
+            crop,
+            crop,
+        ), side
         assert "dataset_name" not in values["data"]  # the user's data, never the embedded demo set
         SOPConfig(**{k: v for k, v in values["model"].items() if k != "preset"})
     assert pretrain.recipe_for_images("sop", 500)[0] == "vit_small_imagenet"

@@ -34,7 +34,9 @@ def run_script(*args, launcher=None, check=True):
 
 
 def test_cosine_schedule__warmup_then_cosine_to_final():
-    values = [cosine_schedule(i, base=1.0, final=0.1, total_steps=10, warmup_steps=4, warmup_start=0.0) for i in range(10)]
+    values = [
+        cosine_schedule(i, base=1.0, final=0.1, total_steps=10, warmup_steps=4, warmup_start=0.0) for i in range(10)
+    ]
     assert values[:4] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
     assert values[4] == pytest.approx(1.0)
     assert values[7] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 3 / 6)))
@@ -58,7 +60,12 @@ def test_teacher_temperature_warmup_is_linear_then_constant():
 def test_training_arguments__defaults_and_validation(tmp_path):
     args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     assert args.remove_unused_columns is False and args.ddp_broadcast_buffers is False
-    assert (args.weight_decay, args.weight_decay_end, args.clip_grad_per_param, args.max_grad_norm) == (0.04, 0.4, 3.0, 0.0)
+    assert (args.weight_decay, args.weight_decay_end, args.clip_grad_per_param, args.max_grad_norm) == (
+        0.04,
+        0.4,
+        3.0,
+        0.0,
+    )
     assert args.teacher_patch_temp == args.teacher_temp == 0.04
     with pytest.raises(ValueError, match=r"--momentum_teacher must be in \[0, 1\], got 1.5"):
         SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, momentum_teacher=1.5)
@@ -83,9 +90,9 @@ def test_per_parameter_clip__each_tensor_separately():
 
 
 def test_trainer__optimizer_groups_lr_scaling_and_ema(tmp_path):
-    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
     from sop_hf import SOPConfig, SOPForPreTraining
     from sop_hf.training import SOPTrainer
+    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
 
     model = SOPForPreTraining(SOPConfig(**TINY))
     args = SOPTrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
@@ -152,9 +159,9 @@ def test_resume__incomplete_checkpoint_skipped_missing_state_named(tmp_path):
 
 
 def test_sharded_strategies__refused_with_what_works(tmp_path, monkeypatch):
-    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
     from sop_hf import SOPConfig, SOPForPreTraining
     from sop_hf.training import SOPTrainer
+    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
 
     def build(**kwargs):
         args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **kwargs)
@@ -169,9 +176,9 @@ def test_sharded_strategies__refused_with_what_works(tmp_path, monkeypatch):
 
 
 def test_small_data__refused_before_compute_naming_both_sizes(tmp_path):
-    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
     from sop_hf import SOPConfig, SOPForPreTraining
     from sop_hf.training import SOPTrainer
+    from tests.scripts.train_tiny import TINY, IndexSeededImages, collate
 
     args = SOPTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_train_batch_size=128)
     with pytest.raises(ValueError, match=r"holds 64 images, fewer than one global batch of 128"):
@@ -216,7 +223,9 @@ def test_non_finite_gradient_at_finite_loss__skipped_then_stopped_naming_step(tm
     result = run_script(persistent, "--max_steps", 8, "--save_steps", 1, "--nan_grad_from_step", 2,
                         "--max_nonfinite_steps", 3, check=False)  # fmt: skip
     assert result.returncode != 0
-    assert "3 optimizer steps in a row had a non-finite loss or gradient, the first at optimizer step 2" in result.stderr
+    assert (
+        "3 optimizer steps in a row had a non-finite loss or gradient, the first at optimizer step 2" in result.stderr
+    )
     assert _all_saved_tensors_finite(persistent)
 
 
@@ -259,10 +268,11 @@ def test_private_overrides__transformers_signatures_unchanged():
 
 
 def test_non_fused_optimizer__bad_step_skipped_through_the_step_hook(tmp_path):
-    from tests.scripts.train_tiny import TINY, IndexSeededImages, InjectNaNGradient, collate
+    from transformers import TrainerCallback
+
     from sop_hf import SOPConfig, SOPForPreTraining
     from sop_hf.training import SOPTrainer
-    from transformers import TrainerCallback
+    from tests.scripts.train_tiny import TINY, IndexSeededImages, InjectNaNGradient, collate
 
     class Snapshot(TrainerCallback):
         def __init__(self):

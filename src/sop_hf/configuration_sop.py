@@ -260,8 +260,10 @@ class SOPConfig(BackboneConfigMixin, PreTrainedConfig):
                 f"got {self.num_patch_anchors}"
             )
         if self.mim_loss_weight > 0 and self.use_mask_token is False:
-            raise ValueError(f"SOPConfig.use_mask_token must be True (or None) when mim_loss_weight > 0 (SOP-MIM masks "
-                             f"patches), got use_mask_token=False with mim_loss_weight={self.mim_loss_weight}")
+            raise ValueError(
+                f"SOPConfig.use_mask_token must be True (or None) when mim_loss_weight > 0 (SOP-MIM masks "
+                f"patches), got use_mask_token=False with mim_loss_weight={self.mim_loss_weight}"
+            )
 
     @property
     def num_kept_anchors(self) -> int:

@@ -51,4 +51,3 @@ def agreement_and_kappa(first: torch.Tensor, second: torch.Tensor, num_classes: 
                    @ (torch.bincount(second, minlength=num_classes).float() / len(second)))  # fmt: skip
     kappa = 0.0 if chance >= 1.0 - 1e-9 else (agreement - chance) / (1.0 - chance)
     return agreement, kappa
-

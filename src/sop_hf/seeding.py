@@ -12,4 +12,3 @@ def stream_seed(*parts: int) -> int:
     for part in parts:
         value = (value * 6364136223846793005 + int(part) + 1442695040888963407) % (1 << 63)
     return value
-

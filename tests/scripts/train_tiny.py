@@ -24,10 +24,18 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
-from sop_hf import SOPImageProcessor  # noqa: E402
-from sop_hf.training import SOPTrainer, SOPTrainingArguments, TrainingMonitorCallback, plot_training_curves  # noqa: E402
-from sop_hf.training import TrainingPreempted  # noqa: E402
+from sop_hf import (  # noqa: E402
+    SOPConfig,
+    SOPForPreTraining,
+    SOPImageProcessor,  # noqa: E402
+)
+from sop_hf.training import (  # noqa: E402
+    SOPTrainer,
+    SOPTrainingArguments,
+    TrainingMonitorCallback,
+    TrainingPreempted,  # noqa: E402
+    plot_training_curves,
+)
 from sop_hf.training.checkpoints import last_complete_checkpoint  # noqa: E402
 
 TINY = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -189,7 +197,9 @@ def main():
         if trainer.is_world_process_zero():
             plot_training_curves(trainer.state.log_history, os.path.join(args.out_dir, "curves.png"))
     # every rank writes its bank so the test can compare ranks
-    torch.save(model.class_memory.state_dict(), os.path.join(args.out_dir, f"bank_rank{training_args.process_index}.pt"))
+    torch.save(
+        model.class_memory.state_dict(), os.path.join(args.out_dir, f"bank_rank{training_args.process_index}.pt")
+    )
     trainer.accelerator.end_training()  # tear the process group down before the interpreter exits
 
 

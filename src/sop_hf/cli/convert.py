@@ -13,7 +13,6 @@ from ..hub.stock_vit import save_stock_vit
 from ..image_processing_sop import SOPImageProcessor
 from .common import parse, setup_logging
 
-
 CONVERT_DESCRIPTION = """\
 Convert an original SOP / iBOT / DINO ViT checkpoint (.pth, or .safetensors) into a SOP encoder folder that
 SOPModel / AutoModel load, with a SOPImageProcessor saved beside it.
@@ -98,4 +97,3 @@ def convert_main(argv: list[str] | None = None) -> int:
         save_stock_vit(encoder, vit_dir, crop_pct=args.crop_pct)
         print(f"Stock ViT written to {vit_dir} (load with transformers.AutoModel.from_pretrained)")
     return 0
-

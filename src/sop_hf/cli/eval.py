@@ -29,7 +29,6 @@ from ..evaluation.knn import DEFAULT_KS, default_ks, knn_top1
 from ..evaluation.linear_probe import DEFAULT_LRS, linear_probe
 from ..evaluation.retrieval import label_map
 from ..evaluation.visualize import save_feature_scatter
-
 from ..hub.loading import load_encoder
 from ..hub.model_card import card_results, update_model_card
 from .common import parse, setup_logging, usage_exit_code
@@ -175,7 +174,9 @@ class _Session:
         """The train or test part of a seeded, stratified split of one split (--validation_split_percentage)."""
         data = self.data
         if not 0 < data.validation_split_percentage < 100:
-            raise ValueError(f"--validation_split_percentage must be in (0, 100), got {data.validation_split_percentage}")
+            raise ValueError(
+                f"--validation_split_percentage must be in (0, 100), got {data.validation_split_percentage}"
+            )
         whole = load_image_dataset(name, data.dataset_config, split, data.image_column)
         stratify = data.label_column if isinstance(whole.features.get(data.label_column), ClassLabel) else None
         parts = whole.train_test_split(test_size=data.validation_split_percentage / 100, seed=SUBSET_SEED,

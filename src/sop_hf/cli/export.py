@@ -13,7 +13,6 @@ from ..hub.loading import load_encoder_for_export
 from ..hub.stock_vit import save_stock_vit, stock_image_processor
 from .common import parse, setup_logging
 
-
 EXPORT_DESCRIPTION = """\
 Export a SOP encoder as a plain transformers ViT that anyone can load with AutoModel, ViTModel or
 pipeline("image-feature-extraction") -- no sop_hf, no custom code, no trust_remote_code.
@@ -78,4 +77,3 @@ def export_main(argv: list[str] | None = None) -> int:
     save_stock_vit(encoder, args.output_dir, image_size=args.image_size, crop_pct=args.crop_pct)
     print(f"Stock ViT written to {args.output_dir} (load with transformers.AutoModel.from_pretrained)")
     return 0
-

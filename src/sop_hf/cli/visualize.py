@@ -1,6 +1,6 @@
 """``sop-hf visualize`` (alias ``sop-visualize``): last-block [CLS] attention maps of a ViT encoder on one image.
 
-    sop-hf visualize --model exports/sop_vits --image cat.jpg --output attention.png
+sop-hf visualize --model exports/sop_vits --image cat.jpg --output attention.png
 """
 
 import sys
@@ -56,4 +56,3 @@ def visualize_main(argv: list[str] | None = None) -> int:
                                    title=f"{Path(args.model).name}: last-block [CLS] attention")  # fmt: skip
     print(f"attention maps ({panels} heads) written to {args.output}")
     return 0
-

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -227,9 +226,7 @@ def as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     else:
         array = np.asarray(image)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
-            raise ValueError(
-                f"image array must be uint8 HxWx3, got dtype {array.dtype} and shape {tuple(array.shape)}"
-            )
+            raise ValueError(f"image array must be uint8 HxWx3, got dtype {array.dtype} and shape {tuple(array.shape)}")
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"image must be at least 1x1 pixel, got {array.shape[1]}x{array.shape[0]}")
     if not array.flags.writeable:
@@ -347,9 +344,7 @@ class MultiCropAugmentation:
         self._mean = torch.tensor(self.mean).view(3, 1, 1)
         self._std = torch.tensor(self.std).view(3, 1, 1)
 
-    def draw_view(
-        self, height: int, width: int, view: int, generator: torch.Generator | None = None
-    ) -> ViewParams:
+    def draw_view(self, height: int, width: int, view: int, generator: torch.Generator | None = None) -> ViewParams:
         """Every random choice of view ``view`` (globals first, then locals) of an height x width image.
 
         The draws come in a fixed order from ``generator``: crop box, flip, jitter (apply; then order and the four
@@ -362,7 +357,12 @@ class MultiCropAugmentation:
             blur_prob = self.global_blur_probs[min(view, len(self.global_blur_probs) - 1)]
             solarize_prob = self.global_solarize_probs[min(view, len(self.global_solarize_probs) - 1)]
         else:
-            size, scale, blur_prob, solarize_prob = self.local_crop_size, self.local_crop_scale, self.local_blur_prob, 0.0
+            size, scale, blur_prob, solarize_prob = (
+                self.local_crop_size,
+                self.local_crop_scale,
+                self.local_blur_prob,
+                0.0,
+            )
         top, left, h, w = random_resized_crop_params(height, width, scale, self.aspect_ratio, generator)
         # Consecutive draws of one dtype come from one call: CPU generators fill small tensors element by element,
         # so rand(2) equals two rand(()) calls (tested); a worker makes ~6 calls per view instead of ~11.

@@ -128,9 +128,23 @@ class BatchedMultiCrop:
     def _pack(self, params: list[ViewParams], source: list[tuple[int, int]]) -> dict:
         count, size = len(params), params[0].size
         none = (-1, -1, -1, -1)
-        table = torch.from_numpy(np.array(
-            [(*p[:4], p.flip, p.grayscale, p.solarize, p.blur_sigma or 0.0, *(p.jitter_order or none),
-              *(p.jitter_factors or JITTER_NEUTRAL)) for p in params], dtype=np.float64))  # [N, 16], one row a view
+        table = torch.from_numpy(
+            np.array(
+                [
+                    (
+                        *p[:4],
+                        p.flip,
+                        p.grayscale,
+                        p.solarize,
+                        p.blur_sigma or 0.0,
+                        *(p.jitter_order or none),
+                        *(p.jitter_factors or JITTER_NEUTRAL),
+                    )
+                    for p in params
+                ],
+                dtype=np.float64,
+            )
+        )  # [N, 16], one row a view
         boxes = table[:, :4].long()  # [N, 4]: top, left, height, width
         where = torch.tensor(source, dtype=torch.long)  # [N, 2]: first pixel and width of the crop's image
         order = torch.argsort(boxes[:, 2] * boxes[:, 3], stable=True)

@@ -164,4 +164,3 @@ def resize_crops(
     out = torch.matmul(rows.unsqueeze(1), images)  # [N, 3, size, Wp]
     out = torch.matmul(out, cols.transpose(1, 2).unsqueeze(1))  # [N, 3, size, size]
     return out.mul_(1.0 / 255.0).clamp_(0.0, 1.0)
-

@@ -49,16 +49,20 @@ class MultiCropDataArguments:
 
     global_crop_size: int = field(default=224, metadata={"help": "Side of the 2 global crops (the encoder's size)."})
     global_crop_scale: list[float] = field(
-        default_factory=lambda: [0.14, 1.0], metadata={"help": "Area range of global crops; (0.3, 1) for tiny 28-px images."}
+        default_factory=lambda: [0.14, 1.0],
+        metadata={"help": "Area range of global crops; (0.3, 1) for tiny 28-px images."},
     )
     num_local_crops: int = field(
-        default=0, metadata={"help": "Local crops per image (SOP default 0; 10 as in iBOT/MaSSL costs about 40 percent more)."}
+        default=0,
+        metadata={"help": "Local crops per image (SOP default 0; 10 as in iBOT/MaSSL costs about 40 percent more)."},
     )
     local_crop_size: int = field(default=96, metadata={"help": "Side of the local crops."})
     local_crop_scale: list[float] = field(
         default_factory=lambda: [0.05, 0.4], metadata={"help": "Area range of local crops."}
     )
-    solarize_prob: float = field(default=0.2, metadata={"help": "Solarisation of global crop 1 (0 for tiny gray data)."})
+    solarize_prob: float = field(
+        default=0.2, metadata={"help": "Solarisation of global crop 1 (0 for tiny gray data)."}
+    )
     color_jitter_prob: float = field(default=0.8, metadata={"help": "Probability of the colour jitter."})
     blur_sigma: list[float] = field(
         default_factory=lambda: [0.1, 2.0],
@@ -66,10 +70,12 @@ class MultiCropDataArguments:
                   "global_crop_size / 224 for every crop, so small images are blurred as much relative to their size."},
     )  # fmt: skip
     mask_ratio: list[float] = field(
-        default_factory=lambda: [0.3], metadata={"help": "iBOT mask ratio(s); several values: one is chosen per crop (e.g. 0 0.3)."}
+        default_factory=lambda: [0.3],
+        metadata={"help": "iBOT mask ratio(s); several values: one is chosen per crop (e.g. 0 0.3)."},
     )
     mask_ratio_var: list[float] = field(
-        default_factory=lambda: [0.0], metadata={"help": "Uniform +- variation of each mask ratio (iBOT recipe: 0 0.2)."}
+        default_factory=lambda: [0.0],
+        metadata={"help": "Uniform +- variation of each mask ratio (iBOT recipe: 0 0.2)."},
     )
     mask_start_epoch: int = field(default=0, metadata={"help": "Epoch before which nothing is masked."})
     mask_shape: str = field(default="block", metadata={"help": "'block' (iBOT blockwise) or 'rand' (uniform patches)."})
@@ -109,7 +115,9 @@ class ViewMaker:
             color_jitter_prob=args.color_jitter_prob, blur_sigma=tuple(s * blur_scale for s in args.blur_sigma),
         )  # fmt: skip
         if args.global_crop_size % patch_size:
-            raise ValueError(f"global_crop_size ({args.global_crop_size}) must be a multiple of patch_size ({patch_size})")
+            raise ValueError(
+                f"global_crop_size ({args.global_crop_size}) must be a multiple of patch_size ({patch_size})"
+            )
         grid = args.global_crop_size // patch_size
         self.masks = MaskingPolicy(
             BlockMaskGenerator((grid, grid)), ratios=tuple(args.mask_ratio), ratio_vars=tuple(args.mask_ratio_var),

@@ -45,9 +45,7 @@ FASHION_MNIST_DIR_ENV = "SOP_HF_FASHION_MNIST_DIR"
 
 
 def _to_dataset(images: np.ndarray, labels: np.ndarray) -> datasets.Dataset:
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_CLASSES)}
-    )
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=FASHION_MNIST_CLASSES)})
     # PNG-free: the Image feature stores arrays as encoded images on demand; a list of 2-D uint8 arrays is accepted.
     return datasets.Dataset.from_dict({"image": list(images), "label": labels.astype(np.int64)}, features=features)
 
@@ -110,7 +108,9 @@ def detect_local_format(path: str | os.PathLike) -> str:
         if builder in (None, "imagefolder"):
             raise ValueError(f"{path}: a single file must be .parquet, .arrow, .jsonl, .json or .csv")
         return builder
-    if (path / "dataset_dict.json").exists() or ((path / "state.json").exists() and (path / "dataset_info.json").exists()):
+    if (path / "dataset_dict.json").exists() or (
+        (path / "state.json").exists() and (path / "dataset_info.json").exists()
+    ):
         return "disk"
     files = [p for p in path.glob("*") if p.is_file()] + [p for p in path.glob("*/*") if p.is_file()]
     return _builder_of_files([f for f in files if f.suffix.lower() in _FILE_BUILDERS]) or "imagefolder"

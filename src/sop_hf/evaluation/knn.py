@@ -42,7 +42,9 @@ def knn_classify(
 ) -> dict[int, torch.Tensor]:
     """Predicted labels of every test row for each k. Args: train [N, D], labels [N] long, test [M, D]."""
     if train_features.shape[0] != train_labels.shape[0]:
-        raise ValueError(f"train_features ({train_features.shape[0]}) and train_labels ({train_labels.shape[0]}) differ")
+        raise ValueError(
+            f"train_features ({train_features.shape[0]}) and train_labels ({train_labels.shape[0]}) differ"
+        )
     if train_features.shape[0] == 0 or test_features.shape[0] == 0:
         raise ValueError("k-NN needs at least one train and one test sample")
     if temperature <= 0:

@@ -14,8 +14,6 @@ from .stock_vit import stock_image_processor
 logger = logging.getLogger(__name__)
 
 
-
-
 def load_encoder(
     model: str, which: str = "teacher", attn_implementation: str | None = None, trust_remote_code: bool = False
 ):
@@ -71,4 +69,3 @@ def load_encoder_for_export(model: str, which: str = "teacher", trust_remote_cod
         )
     encoder, _ = load_encoder(model, which, trust_remote_code=trust_remote_code)
     return encoder
-

@@ -18,8 +18,8 @@ recipe, the evaluation table, usage snippets and citations. ``sop_hf.hub.save`` 
 
 import logging
 import os
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,8 +29,8 @@ from transformers import ResNetConfig, ResNetModel
 from ..configuration_sop import PRESETS, SOPConfig
 from ..data.sources import DEBIAN_NAME, EMBEDDED_NAME
 from ..methods import CARD_ALIASES, METHODS, SOP, card_method
-from .record import RECORD_NAME, CardRecord, eval_result_dict, to_eval_result
 from ..modeling_sop import SOPModel
+from .record import RECORD_NAME, CardRecord, eval_result_dict, to_eval_result
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,9 @@ def _architecture_section(config) -> str:
     return f"## Architecture\n\n| | |\n|---|---|\n{table}\n"
 
 
-def _recipe_section(config: SOPConfig, card_rows: tuple[tuple[str, str], ...], training: Mapping[str, Any] | None) -> str:
+def _recipe_section(
+    config: SOPConfig, card_rows: tuple[tuple[str, str], ...], training: Mapping[str, Any] | None
+) -> str:
     if not training:
         intro = (
             "No training information was recorded with this export; every value below is a placeholder. Pass "
@@ -372,7 +374,10 @@ def build_model_card(
     ]
     if training_curves:
         parts.append(f"## Training curves\n\n![Training curves]({training_curves})\n")
-    parts += [_evaluation_section(results), (_resnet_usage_section if is_resnet_config(config) else _usage_section)(repo)]
+    parts += [
+        _evaluation_section(results),
+        (_resnet_usage_section if is_resnet_config(config) else _usage_section)(repo),
+    ]
     citations = [SOP.citation] + ([spec.citation] if spec is not SOP else [])
     parts.append("## Citation\n\n" + "\n\n".join(f"```bibtex\n{c}\n```" for c in citations) + "\n")
     body = "\n".join(parts)

@@ -108,4 +108,3 @@ def push_run_to_hub(
                                token=token)  # fmt: skip
     url = getattr(commit, "commit_url", None)
     return str(url) if url else str(repo_url)
-

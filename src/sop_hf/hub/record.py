@@ -9,9 +9,9 @@ table.
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 from huggingface_hub import EvalResult
@@ -41,7 +41,6 @@ def to_eval_result(result: EvalResult | Mapping[str, Any]) -> EvalResult:
     if missing:
         raise ValueError(f"Eval result {dict(result)} is missing {missing}")
     return EvalResult(**fields)
-
 
 
 def eval_result_dict(result: EvalResult | Mapping[str, Any]) -> dict:
@@ -90,8 +89,10 @@ class CardRecord:
         new = [eval_result_dict(r) for r in results]
 
         def key(r: dict) -> tuple:
-            return tuple(r.get(k) for k in ("task_type", "dataset_type", "dataset_name", "dataset_split", "metric_type",
-                                            "metric_name"))
+            return tuple(
+                r.get(k)
+                for k in ("task_type", "dataset_type", "dataset_name", "dataset_split", "metric_type", "metric_name")
+            )
 
         fresh = {key(r) for r in new}
         self.eval_results = [r for r in self.eval_results if key(r) not in fresh] + new

@@ -18,11 +18,11 @@ from typing import Any
 from huggingface_hub import ModelCard
 from transformers import ResNetModel
 
-from .stock_vit import stock_image_processor
 from ..image_processing_sop import SOPImageProcessor
+from ..modeling_sop import SOPModel
 from .model_card import build_model_card
 from .record import CardRecord
-from ..modeling_sop import SOPModel
+from .stock_vit import stock_image_processor
 
 ENCODER_CLASSES = (SOPModel, ResNetModel)
 

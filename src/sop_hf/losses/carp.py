@@ -249,4 +249,3 @@ def carl_loss(
     return carp_loss(
         student_logits, teacher_logits, None, num_global_views, uniformity_weight, eps, straight_through_clip
     )
-

@@ -24,4 +24,3 @@ def koleo_loss(embeddings: torch.Tensor) -> torch.Tensor:
             nearest = sim.argmax(dim=1)  # [B]
         distance = (z - z[nearest]).norm(dim=-1)  # [B]
         return -(distance + 1e-8).log().mean()
-

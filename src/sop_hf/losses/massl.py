@@ -90,4 +90,3 @@ def massl_loss(
             globals_ = z_student[: num_global_views * batch].split(batch)
             loss = loss + koleo_weight * torch.stack([koleo_loss(v) for v in globals_]).mean().to(dtype)
     return loss
-

@@ -80,4 +80,3 @@ def check_partition(partition: torch.Tensor, num_columns: int) -> None:
         )
     if partition.numel() > num_columns:
         raise ValueError(f"partition must hold at most K = {num_columns} columns, got {tuple(partition.shape)}")
-

@@ -103,7 +103,9 @@ def build_support_prototypes(
     if memory.ndim != 2:
         raise ValueError(f"memory must be [K, d], got shape {tuple(memory.shape)}")
     if anchor_idx.ndim != 1 or anchor_idx.dtype != torch.long:
-        raise ValueError(f"anchor_idx must be a 1-D long tensor, got shape {tuple(anchor_idx.shape)}, {anchor_idx.dtype}")
+        raise ValueError(
+            f"anchor_idx must be a 1-D long tensor, got shape {tuple(anchor_idx.shape)}, {anchor_idx.dtype}"
+        )
     num_rows = memory.shape[0]
     num_anchors = anchor_idx.shape[0]
     if num_anchors < 2:
@@ -190,9 +192,7 @@ class _SupportAssignment(torch.autograd.Function):
         return torch.cat(grads), None, None, None
 
 
-def prototype_assignments(
-    embeddings: torch.Tensor, prototypes: SupportPrototypes, temperature: float
-) -> torch.Tensor:
+def prototype_assignments(embeddings: torch.Tensor, prototypes: SupportPrototypes, temperature: float) -> torch.Tensor:
     """Soft assignments of embeddings to prototypes.
 
     Softmax of ``embeddings @ supports.T / temperature`` over all ``P' * E`` supports jointly, then each support's
@@ -246,7 +246,9 @@ def masked_patch_cross_entropy(
     with no_autocast(student_probs[0]):
         for p, q, m in zip(student_probs, teacher_probs, masks):
             if p.shape != q.shape or p.shape[:2] != m.shape:
-                raise ValueError(f"shape mismatch: student {tuple(p.shape)}, teacher {tuple(q.shape)}, mask {tuple(m.shape)}")
+                raise ValueError(
+                    f"shape mismatch: student {tuple(p.shape)}, teacher {tuple(q.shape)}, mask {tuple(m.shape)}"
+                )
             log_p = log_clamped(p)  # [B, L, P]
             token_ce = -(q.detach().to(log_p.dtype) * log_p).sum(-1)  # [B, L]
             m = m.to(log_p.dtype)
@@ -419,5 +421,3 @@ class SOPPatchLoss(nn.Module):
             draw_anchor_indices(memory_size, self.num_anchors, self.num_anchors, generator, device)[0]
             for _ in range(self.num_tasks)
         ]
-
-

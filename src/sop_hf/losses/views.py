@@ -74,4 +74,3 @@ def mean_assignment_entropy(probs: torch.Tensor) -> torch.Tensor:
 def uniform_loss_value(num_prototypes: int) -> float:
     """ln P: the loss (and assignment entropy) of a degenerate memory; a collapse reference for monitors."""
     return math.log(num_prototypes)
-

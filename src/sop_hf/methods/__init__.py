@@ -91,7 +91,9 @@ def _check_fields(config_class: type[PreTrainedConfig], keys, where: str) -> Non
     user types: a config built from a file or a recipe keeps unknown keys as attributes instead (as
     ``PreTrainedConfig`` does), but a typo on the command line must fail."""
     own = {f.name for f in dataclasses.fields(config_class)} - _BASE_FIELDS
-    unknown = sorted(k for k in set(keys) - own - _SAVED_KEYS if not k.startswith("_") and not hasattr(PreTrainedConfig, k))
+    unknown = sorted(
+        k for k in set(keys) - own - _SAVED_KEYS if not k.startswith("_") and not hasattr(PreTrainedConfig, k)
+    )
     if unknown:
         raise ValueError(f"{where}: unknown {config_class.__name__} field(s) {', '.join(unknown)}; its fields are "
                          f"{', '.join(sorted(f for f in own if not f.startswith('_')))}")  # fmt: skip

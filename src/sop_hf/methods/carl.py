@@ -5,9 +5,9 @@ CARL is CARP with a single block, so it reuses CARP's model and loss.
 
 import torch
 
-from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, recipe
 from .carp import CARPConfig, CARPForPreTraining
 from .core import Method
+from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, recipe
 
 
 class CARLConfig(CARPConfig):
@@ -38,9 +38,16 @@ RECIPES: dict[str, dict[str, dict]] = {
     # 32 prototypes with the BatchNorm head use them unevenly (seed 1 +9.5); weight 2 keeps the batch-mean entropy at
     # 0.98-0.99 ln K: +15.4 / +12.8 points (seeds 0 / 1; docs/lineage.md).
     "demo": recipe(
-        dict(backbone_config=dict(model_type="sop", **DEMO_VIT), image_size=DEMO_VIT["image_size"], **DEMO_HEAD,
-             num_prototypes=32, head_batch_norm=True, uniformity_weight=2.0),
-        DEMO_DATA, DEMO_TRAINING,
+        dict(
+            backbone_config=dict(model_type="sop", **DEMO_VIT),
+            image_size=DEMO_VIT["image_size"],
+            **DEMO_HEAD,
+            num_prototypes=32,
+            head_batch_norm=True,
+            uniformity_weight=2.0,
+        ),
+        DEMO_DATA,
+        DEMO_TRAINING,
     ),  # fmt: skip
 }
 

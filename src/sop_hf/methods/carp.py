@@ -11,9 +11,9 @@ from ..losses.carp import carp_loss
 from ..losses.partition import random_partition
 from ..losses.views import mean_assignment_entropy
 from ..modules.prototypes import WeightNormalizedPrototypes
-from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IMAGENET_TRAINING, recipe
 from .core import Method
 from .lineage import LineageConfig, LineageForPreTraining
+from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IMAGENET_TRAINING, recipe
 
 SUPPORT_NEIGHBOURS = 8  # neighbours of the monitor's support_similarity (as SOP's k = 8)
 
@@ -98,21 +98,51 @@ RECIPES: dict[str, dict[str, dict]] = {
     # effective rank of ~2 (47.9 -> 44.8 % k-NN); blocks of 32 alone: +5.5 points; with the BatchNorm head +15.2 / +13.5
     # (seeds 0 / 1; docs/lineage.md).
     "demo": recipe(
-        dict(backbone_config=dict(model_type="sop", **DEMO_VIT), image_size=DEMO_VIT["image_size"], **DEMO_HEAD,
-             num_prototypes=1024, block_size=32, head_batch_norm=True),
-        DEMO_DATA, DEMO_TRAINING,
+        dict(
+            backbone_config=dict(model_type="sop", **DEMO_VIT),
+            image_size=DEMO_VIT["image_size"],
+            **DEMO_HEAD,
+            num_prototypes=1024,
+            block_size=32,
+            head_batch_norm=True,
+        ),
+        DEMO_DATA,
+        DEMO_TRAINING,
     ),  # fmt: skip
     # CARP repository defaults (docs/methods/carp.md): ResNet-50, head 2048-2048-2048-256 with BatchNorm, 65536
     # prototypes in blocks of 512, 32 images per GPU, 100 epochs, EMA 0.99 -> 1, crops 2 x 224 (0.2, 1) + 6 x 96
     # (0.05, 0.2), zero-initialised last BatchNorm of each residual branch; LARS, base lr 0.45 x batch/256 down to
     # 0.0048, weight decay 1e-6, no warm-up.
     "carp_resnet50_imagenet": recipe(
-        dict(backbone_config=dict(model_type="resnet"), image_size=224, head_hidden_size=2048, head_output_size=256,
-             num_prototypes=65536, block_size=512, uniformity_weight=1.0, zero_init_residual=True),
-        dict(global_crop_size=224, global_crop_scale=(0.2, 1.0), num_local_crops=6, local_crop_size=96,
-             local_crop_scale=(0.05, 0.2), solarize_prob=0.2),
-        {**IMAGENET_TRAINING, "per_device_train_batch_size": 32, "momentum_teacher": 0.99, "warmup_epochs": 0,
-         "weight_decay": 1e-6, "weight_decay_end": 1e-6, "lars": True, "base_learning_rate": 0.45, "min_lr": 0.0048},
+        dict(
+            backbone_config=dict(model_type="resnet"),
+            image_size=224,
+            head_hidden_size=2048,
+            head_output_size=256,
+            num_prototypes=65536,
+            block_size=512,
+            uniformity_weight=1.0,
+            zero_init_residual=True,
+        ),
+        dict(
+            global_crop_size=224,
+            global_crop_scale=(0.2, 1.0),
+            num_local_crops=6,
+            local_crop_size=96,
+            local_crop_scale=(0.05, 0.2),
+            solarize_prob=0.2,
+        ),
+        {
+            **IMAGENET_TRAINING,
+            "per_device_train_batch_size": 32,
+            "momentum_teacher": 0.99,
+            "warmup_epochs": 0,
+            "weight_decay": 1e-6,
+            "weight_decay_end": 1e-6,
+            "lars": True,
+            "base_learning_rate": 0.45,
+            "min_lr": 0.0048,
+        },
     ),  # fmt: skip
 }
 
@@ -138,8 +168,11 @@ CARP = Method(
     logged_terms=("uniformity_loss", "koleo_loss", "teacher_entropy"),
     uniform_reference=lambda config: (config.block_size, "N_B"),
     entropy_prototypes=lambda config: config.num_prototypes,
-    card_rows=(("Prototypes K", "num_prototypes"), ("Prototype block N_B", "block_size"),
-               ("Uniform-prior weight", "uniformity_weight")),  # fmt: skip
+    card_rows=(
+        ("Prototypes K", "num_prototypes"),
+        ("Prototype block N_B", "block_size"),
+        ("Uniform-prior weight", "uniformity_weight"),
+    ),  # fmt: skip
 )
 
 __all__ = ["CARP", "CARPConfig", "CARPForPreTraining"]

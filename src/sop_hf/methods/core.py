@@ -226,8 +226,9 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         """A fresh encoder of the exported architecture (no mask token, no heads), to receive the trained weights."""
         raise NotImplementedError
 
-    def probe_assignments(self, embeddings: torch.Tensor, teacher_temp: float, generator: torch.Generator,
-                          which: str = "teacher") -> tuple[torch.Tensor, dict[str, float]]:
+    def probe_assignments(
+        self, embeddings: torch.Tensor, teacher_temp: float, generator: torch.Generator, which: str = "teacher"
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """[N, P] assignments of head outputs ``embeddings`` [N, d] to this step's prototypes, as the loss builds
         them, and indicators of the method's memory (``memory_rank``, ``support_similarity``); for the monitor."""
         raise NotImplementedError
@@ -242,7 +243,6 @@ class StudentTeacherPreTrainedModel(SOPPreTrainedModel):
         state = {k: v for k, v in state.items() if not k.endswith("mask_token")}
         encoder.load_state_dict(state, strict=True)
         return encoder.to(next(source.parameters()).dtype).eval()
-
 
 
 @dataclass(frozen=True)

@@ -149,9 +149,16 @@ RECIPES: dict[str, dict[str, dict]] = {
     # 1, seed 0) the head output collapsed by step 100 (head_rank 2.2, neighbour cosine 0.9999, batch-mean teacher
     # entropy 0.34 ln K) and k-NN fell to 32.7 %, the short-run head collapse of docs/method.md §20.
     "demo": recipe(
-        dict(backbone_config=dict(model_type="sop", **DEMO_VIT), image_size=DEMO_VIT["image_size"], **DEMO_HEAD,
-             num_prototypes=1024, norm_last_layer=True, koleo_loss_weight=0.1),
-        DEMO_DATA, DEMO_TRAINING,
+        dict(
+            backbone_config=dict(model_type="sop", **DEMO_VIT),
+            image_size=DEMO_VIT["image_size"],
+            **DEMO_HEAD,
+            num_prototypes=1024,
+            norm_last_layer=True,
+            koleo_loss_weight=0.1,
+        ),
+        DEMO_DATA,
+        DEMO_TRAINING,
     ),  # fmt: skip
     # DINO README "vanilla" ViT-S/16 run: main_dino.py defaults for 100 epochs (K 65536, last layer normalised,
     # teacher temperature 0.04 without warm-up); 67.8 % k-NN / ~74 % linear on ImageNet in the paper's table.
@@ -159,7 +166,8 @@ RECIPES: dict[str, dict[str, dict]] = {
     # DINO README "boosted" ViT-S/16 run (300 epochs): teacher temperature 0.04 -> 0.07 over 30 epochs, last layer
     # not normalised (learnt gain); 73.3 % k-NN / ~76.1 % linear.
     "dino_vit_small_imagenet_300ep": recipe(
-        {**_DINO_VIT_SMALL, "norm_last_layer": False}, _DINO_CROPS,
+        {**_DINO_VIT_SMALL, "norm_last_layer": False},
+        _DINO_CROPS,
         {**_DINO_TRAINING, "num_train_epochs": 300, "teacher_temp": 0.07, "warmup_teacher_temp_epochs": 30},
     ),  # fmt: skip
     # DINO's released ViT-S/16 800-epoch run (paper Table 2: 74.5 % k-NN / 77.0 % linear): the 300-epoch settings
@@ -168,8 +176,14 @@ RECIPES: dict[str, dict[str, dict]] = {
     "dino_vit_small_imagenet_800ep": recipe(
         {**_DINO_VIT_SMALL, "norm_last_layer": False},
         {**_DINO_CROPS, "global_crop_scale": (0.25, 1.0), "num_local_crops": 10, "local_crop_scale": (0.05, 0.25)},
-        {**_DINO_TRAINING, "num_train_epochs": 800, "teacher_temp": 0.07, "warmup_teacher_temp_epochs": 30,
-         "min_lr": 1e-5, "clip_grad_per_param": 0.0},
+        {
+            **_DINO_TRAINING,
+            "num_train_epochs": 800,
+            "teacher_temp": 0.07,
+            "warmup_teacher_temp_epochs": 30,
+            "min_lr": 1e-5,
+            "clip_grad_per_param": 0.0,
+        },
     ),  # fmt: skip
 }
 
@@ -198,8 +212,11 @@ DINO = Method(
     logged_terms=("koleo_loss", "teacher_entropy"),
     uniform_reference=lambda config: (config.num_prototypes, "K"),
     entropy_prototypes=lambda config: config.num_prototypes,
-    card_rows=(("Prototypes K", "num_prototypes"), ("Last layer normalised", "norm_last_layer"),
-               ("Centre momentum", "center_momentum")),  # fmt: skip
+    card_rows=(
+        ("Prototypes K", "num_prototypes"),
+        ("Last layer normalised", "norm_last_layer"),
+        ("Centre momentum", "center_momentum"),
+    ),  # fmt: skip
 )
 
 __all__ = ["DINO", "DINOConfig", "DINOForPreTraining", "DINOPrototypes"]

@@ -111,8 +111,9 @@ class IBOTForPreTraining(DINOForPreTraining):
         teacher_patch_temp = config.teacher_patch_temp if teacher_patch_temp is None else teacher_patch_temp
         return_dict = return_dict if return_dict is not None else config.return_dict
         use_mim = bool_masked_pos is not None and config.mim_loss_weight > 0
-        views = self.encode_views(pixel_values, local_pixel_values, bool_masked_pos, patch_tokens=use_mim,
-                                  masked_patches_only=True)  # student patches: [M, d], the masked ones only
+        views = self.encode_views(
+            pixel_values, local_pixel_values, bool_masked_pos, patch_tokens=use_mim, masked_patches_only=True
+        )  # student patches: [M, d], the masked ones only
         cls_loss, terms = self.method_loss(views.student, views.teacher, student_temp, teacher_temp)
         terms["cls_loss"], loss = cls_loss.detach(), cls_loss
         if use_mim:
@@ -148,16 +149,34 @@ RECIPES: dict[str, dict[str, dict]] = {
     # as DINO's demo (trial 1 without it, stopped at step 60: the batch-mean teacher entropy went 5.6 -> 1.3 nats of
     # ln 1024 = 6.9 by step 50, 4.6 at step 60).
     "demo": recipe(
-        dict(backbone_config=dict(model_type="sop", **DEMO_VIT), image_size=DEMO_VIT["image_size"], **DEMO_HEAD,
-             num_prototypes=1024, num_patch_prototypes=1024, shared_head=True, norm_last_layer=True,
-             koleo_loss_weight=0.1),
-        {**DEMO_DATA, "mask_ratio": (0.0, 0.3), "mask_ratio_var": (0.0, 0.2)}, DEMO_TRAINING,
+        dict(
+            backbone_config=dict(model_type="sop", **DEMO_VIT),
+            image_size=DEMO_VIT["image_size"],
+            **DEMO_HEAD,
+            num_prototypes=1024,
+            num_patch_prototypes=1024,
+            shared_head=True,
+            norm_last_layer=True,
+            koleo_loss_weight=0.1,
+        ),
+        {**DEMO_DATA, "mask_ratio": (0.0, 0.3), "mask_ratio_var": (0.0, 0.2)},
+        DEMO_TRAINING,
     ),  # fmt: skip
     "ibot_vit_small_imagenet": recipe(
-        _IBOT_VIT_SMALL, IBOT_MULTICROP,
-        {**IMAGENET_TRAINING, "num_train_epochs": 800, "per_device_train_batch_size": 64, "base_learning_rate": 5e-4,
-         "min_lr": 1e-6, "teacher_temp": 0.07, "warmup_teacher_temp": 0.04, "teacher_patch_temp": 0.07,
-         "warmup_teacher_patch_temp": 0.04, "warmup_teacher_temp_epochs": 30},
+        _IBOT_VIT_SMALL,
+        IBOT_MULTICROP,
+        {
+            **IMAGENET_TRAINING,
+            "num_train_epochs": 800,
+            "per_device_train_batch_size": 64,
+            "base_learning_rate": 5e-4,
+            "min_lr": 1e-6,
+            "teacher_temp": 0.07,
+            "warmup_teacher_temp": 0.04,
+            "teacher_patch_temp": 0.07,
+            "warmup_teacher_patch_temp": 0.04,
+            "warmup_teacher_temp_epochs": 30,
+        },
     ),  # fmt: skip
 }
 
@@ -187,8 +206,12 @@ IBOT = Method(
     uniform_reference=lambda config: (config.num_prototypes, "K"),
     entropy_prototypes=lambda config: config.num_prototypes,
     uses_masks=lambda config: config.mim_loss_weight > 0,
-    card_rows=(("Prototypes K", "num_prototypes"), ("Patch prototypes", "num_patch_prototypes"),
-               ("Shared head", "shared_head"), ("Masked-patch loss weight", "mim_loss_weight")),  # fmt: skip
+    card_rows=(
+        ("Prototypes K", "num_prototypes"),
+        ("Patch prototypes", "num_patch_prototypes"),
+        ("Shared head", "shared_head"),
+        ("Masked-patch loss weight", "mim_loss_weight"),
+    ),  # fmt: skip
 )
 
 __all__ = ["IBOT", "IBOTConfig", "IBOTForPreTraining"]

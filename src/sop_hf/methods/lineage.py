@@ -159,16 +159,22 @@ class LineageForPreTraining(StudentTeacherPreTrainedModel):
             return ResNetModel(self.config.backbone_config)
         return exported_vit(self.config.backbone_config)
 
-    def method_loss(self, student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, student_temp: float,
-                    teacher_temp: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def method_loss(
+        self,
+        student_embeddings: torch.Tensor,
+        teacher_embeddings: torch.Tensor,
+        student_temp: float,
+        teacher_temp: float,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, logged extra terms) of the method for [V*B, d] student and [2*B, d] teacher head outputs."""
         raise NotImplementedError
 
     def after_step(self, teacher_embeddings: torch.Tensor, batch: int) -> None:
         """Bank updates after a training forward (MaSSL enqueues the teacher's second view)."""
 
-    def finish_step(self, loss: torch.Tensor, terms: dict[str, torch.Tensor | None],
-                    views: ViewEmbeddings) -> LineageForPreTrainingOutput:
+    def finish_step(
+        self, loss: torch.Tensor, terms: dict[str, torch.Tensor | None], views: ViewEmbeddings
+    ) -> LineageForPreTrainingOutput:
         """What follows a method's loss: KoLeo, the bank updates and step count (training only), the output."""
         if self.config.koleo_loss_weight > 0:
             terms["koleo_loss"] = self.koleo_term(views.student, views.batch)

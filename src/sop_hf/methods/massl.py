@@ -10,9 +10,9 @@ from ..indicators import MAX_RANK_ROWS, effective_rank, neighbour_similarity
 from ..losses.massl import massl_loss
 from ..losses.partition import random_partition
 from ..modules.memory_bank import MemoryBank
-from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IMAGENET_TRAINING, recipe
 from .core import Method
 from .lineage import LineageConfig, LineageForPreTraining
+from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IMAGENET_TRAINING, recipe
 
 SUPPORT_NEIGHBOURS = 8  # neighbours of the monitor's support_similarity (as SOP's k = 8)
 
@@ -80,33 +80,84 @@ RECIPES: dict[str, dict[str, dict]] = {
     # The demo's ViT and data; a 1024-row memory in blocks of 256 (the paper's 65536 rows would not even fill in 500
     # steps of 128 images) and KoLeo 0.1 as SOP's demo.
     "demo": recipe(
-        dict(backbone_config=dict(model_type="sop", **DEMO_VIT), image_size=DEMO_VIT["image_size"], **DEMO_HEAD, memory_size=1024, block_size=256,
-             koleo_loss_weight=0.1),
-        DEMO_DATA, DEMO_TRAINING,
+        dict(
+            backbone_config=dict(model_type="sop", **DEMO_VIT),
+            image_size=DEMO_VIT["image_size"],
+            **DEMO_HEAD,
+            memory_size=1024,
+            block_size=256,
+            koleo_loss_weight=0.1,
+        ),
+        DEMO_DATA,
+        DEMO_TRAINING,
     ),  # fmt: skip
     # MaSSL README recipe, ViT-S/16 (docs/methods/massl.md): memory 131072 in blocks of 16384, crops 2 x 224 (0.32, 1)
     # + 10 x 96 (0.05, 0.32), AdamW lr 5e-4, no warm-up, wd 0.04 -> 0.4, clip 3, EMA 0.992, 800 epochs; teacher
     # temperature 0.04 -> 0.07 over 30 epochs (its code default).
     "massl_vit_small_imagenet": recipe(
-        dict(backbone_config=dict(model_type="sop", preset="vit_small", image_size=224, patch_size=16,
-                                  drop_path_rate=0.1, use_mask_token=False, mim_loss_weight=0.0),
-             memory_size=131072, block_size=16384),
-        dict(global_crop_size=224, global_crop_scale=(0.32, 1.0), num_local_crops=10, local_crop_size=96,
-             local_crop_scale=(0.05, 0.32)),
-        {**IMAGENET_TRAINING, "num_train_epochs": 800, "warmup_epochs": 0, "momentum_teacher": 0.992,
-         "warmup_teacher_temp": 0.04, "teacher_temp": 0.07, "warmup_teacher_temp_epochs": 30},
+        dict(
+            backbone_config=dict(
+                model_type="sop",
+                preset="vit_small",
+                image_size=224,
+                patch_size=16,
+                drop_path_rate=0.1,
+                use_mask_token=False,
+                mim_loss_weight=0.0,
+            ),
+            memory_size=131072,
+            block_size=16384,
+        ),
+        dict(
+            global_crop_size=224,
+            global_crop_scale=(0.32, 1.0),
+            num_local_crops=10,
+            local_crop_size=96,
+            local_crop_scale=(0.05, 0.32),
+        ),
+        {
+            **IMAGENET_TRAINING,
+            "num_train_epochs": 800,
+            "warmup_epochs": 0,
+            "momentum_teacher": 0.992,
+            "warmup_teacher_temp": 0.04,
+            "teacher_temp": 0.07,
+            "warmup_teacher_temp_epochs": 30,
+        },
     ),  # fmt: skip
     # MaSSL README recipe, ViT-B/16: 400 epochs, lr 7.5e-4, 10 warm-up epochs, EMA 0.996, teacher temperature
     # warm-up over 50 epochs; memory and crops as ViT-S.
     "massl_vit_base_imagenet": recipe(
-        dict(backbone_config=dict(model_type="sop", preset="vit_base", image_size=224, patch_size=16,
-                                  drop_path_rate=0.1, use_mask_token=False, mim_loss_weight=0.0),
-             memory_size=131072, block_size=16384),
-        dict(global_crop_size=224, global_crop_scale=(0.32, 1.0), num_local_crops=10, local_crop_size=96,
-             local_crop_scale=(0.05, 0.32)),
-        {**IMAGENET_TRAINING, "num_train_epochs": 400, "base_learning_rate": 7.5e-4, "warmup_epochs": 10,
-         "momentum_teacher": 0.996, "warmup_teacher_temp": 0.04, "teacher_temp": 0.07,
-         "warmup_teacher_temp_epochs": 50},
+        dict(
+            backbone_config=dict(
+                model_type="sop",
+                preset="vit_base",
+                image_size=224,
+                patch_size=16,
+                drop_path_rate=0.1,
+                use_mask_token=False,
+                mim_loss_weight=0.0,
+            ),
+            memory_size=131072,
+            block_size=16384,
+        ),
+        dict(
+            global_crop_size=224,
+            global_crop_scale=(0.32, 1.0),
+            num_local_crops=10,
+            local_crop_size=96,
+            local_crop_scale=(0.05, 0.32),
+        ),
+        {
+            **IMAGENET_TRAINING,
+            "num_train_epochs": 400,
+            "base_learning_rate": 7.5e-4,
+            "warmup_epochs": 10,
+            "momentum_teacher": 0.996,
+            "warmup_teacher_temp": 0.04,
+            "teacher_temp": 0.07,
+            "warmup_teacher_temp_epochs": 50,
+        },
     ),  # fmt: skip
 }
 

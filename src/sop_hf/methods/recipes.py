@@ -66,4 +66,3 @@ def recipe_defaults(values: dict[str, dict]) -> dict:
     learning rate a ``RecipeRate``, so that an explicit ``--learning_rate`` replaces a recipe's base rate)."""
     flat = {**values["data"], **values["training"]}
     return {k: list(v) if isinstance(v, tuple) else RecipeRate(v) if k in RATE_KEYS else v for k, v in flat.items()}
-

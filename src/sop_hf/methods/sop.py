@@ -29,13 +29,19 @@ from transformers.utils import ModelOutput
 
 from ..configuration_sop import SOPConfig
 from ..indicators import MAX_RANK_ROWS, effective_rank
-from ..losses.sop import SOPClassLoss, SOPPatchLoss, build_support_prototypes, draw_anchor_indices, prototype_assignments
+from ..losses.sop import (
+    SOPClassLoss,
+    SOPPatchLoss,
+    build_support_prototypes,
+    draw_anchor_indices,
+    prototype_assignments,
+)
 from ..modeling_sop import SOPModel
 from ..modules.distributed import get_rank
 from ..modules.heads import SOPHead
 from ..modules.memory_bank import MemoryBank
-from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IBOT_MULTICROP, IMAGENET_TRAINING, recipe
 from .core import NUM_GLOBAL_VIEWS, Method, StudentTeacherPreTrainedModel, exported_vit
+from .recipes import DEMO_DATA, DEMO_HEAD, DEMO_TRAINING, DEMO_VIT, IBOT_MULTICROP, IMAGENET_TRAINING, recipe
 
 
 @dataclass
@@ -183,8 +189,12 @@ class SOPForPreTraining(StudentTeacherPreTrainedModel):
                 self._advance_step()
                 terms = self.bank_terms(batch)
 
-        named = {"sop_loss": class_out.loss.detach(), "mim_loss": None if mim_loss is None else mim_loss.detach(),
-                 "koleo_loss": None if koleo is None else koleo.detach(), "teacher_entropy": class_out.teacher_entropy}
+        named = {
+            "sop_loss": class_out.loss.detach(),
+            "mim_loss": None if mim_loss is None else mim_loss.detach(),
+            "koleo_loss": None if koleo is None else koleo.detach(),
+            "teacher_entropy": class_out.teacher_entropy,
+        }
         output = SOPForPreTrainingOutput(
             loss=loss,
             **named,
@@ -205,34 +215,49 @@ RECIPES: dict[str, dict[str, dict]] = {
     # The demo's ViT with a bank of the demo's scale (1024 rows, 256 anchors, 5 supports, 2 tasks), no SOP-MIM (28-px
     # images have 49 patches), and KoLeo 0.1 against the head-output collapse of short runs (docs/method.md §20).
     "demo": recipe(
-        dict(**DEMO_VIT, **DEMO_HEAD, class_memory_size=1024, num_anchors=256, num_support=5, num_tasks=2,
-             patch_memory_size=1024, num_patch_anchors=128, koleo_loss_weight=0.1),
-        DEMO_DATA, DEMO_TRAINING,
+        dict(
+            **DEMO_VIT,
+            **DEMO_HEAD,
+            class_memory_size=1024,
+            num_anchors=256,
+            num_support=5,
+            num_tasks=2,
+            patch_memory_size=1024,
+            num_patch_anchors=128,
+            koleo_loss_weight=0.1,
+        ),
+        DEMO_DATA,
+        DEMO_TRAINING,
     ),  # fmt: skip
     "vit_small_imagenet": recipe(
         dict(preset="vit_small", image_size=224, patch_size=16, drop_path_rate=0.1, num_anchors=64),
-        _SOP_CODE_DATA, IMAGENET_TRAINING,
+        _SOP_CODE_DATA,
+        IMAGENET_TRAINING,
     ),  # fmt: skip
     "vit_base_imagenet": recipe(
         dict(preset="vit_base", image_size=224, patch_size=16, drop_path_rate=0.1, num_anchors=64),
-        _SOP_CODE_DATA, IMAGENET_TRAINING,
+        _SOP_CODE_DATA,
+        IMAGENET_TRAINING,
     ),  # fmt: skip
     # SOP paper scale + iBOT multi-crop: ViT-S/16 (iBOT: 64 images per GPU x 16 GPUs, teacher temperature 0.04 as in
     # SOP's code; the SOP repository publishes no per-architecture epochs, so 100 as its code).
     "vit_small_imagenet_multicrop": recipe(
         dict(preset="vit_small", image_size=224, patch_size=16, drop_path_rate=0.1, **_SOP_PAPER_BANK),
-        IBOT_MULTICROP, {**IMAGENET_TRAINING, "per_device_train_batch_size": 64},
+        IBOT_MULTICROP,
+        {**IMAGENET_TRAINING, "per_device_train_batch_size": 64},
     ),  # fmt: skip
     # ViT-B/16: as ViT-S (iBOT trains ViT-B with the same crops and masks).
     "vit_base_imagenet_multicrop": recipe(
         dict(preset="vit_base", image_size=224, patch_size=16, drop_path_rate=0.1, **_SOP_PAPER_BANK),
-        IBOT_MULTICROP, {**IMAGENET_TRAINING, "per_device_train_batch_size": 64},
+        IBOT_MULTICROP,
+        {**IMAGENET_TRAINING, "per_device_train_batch_size": 64},
     ),  # fmt: skip
     # ViT-L/16: stochastic depth 0.3 (library choice inside the 0.2-0.4 range large ViTs use; the SOP repository
     # gives none), smaller per-GPU batch to fit 10 local crops.
     "vit_large_imagenet_multicrop": recipe(
         dict(preset="vit_large", image_size=224, patch_size=16, drop_path_rate=0.3, **_SOP_PAPER_BANK),
-        IBOT_MULTICROP, {**IMAGENET_TRAINING, "per_device_train_batch_size": 32},
+        IBOT_MULTICROP,
+        {**IMAGENET_TRAINING, "per_device_train_batch_size": 32},
     ),  # fmt: skip
 }
 

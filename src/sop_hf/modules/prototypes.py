@@ -50,4 +50,3 @@ class WeightNormalizedPrototypes(nn.Module):
     def extra_repr(self) -> str:
         """Sizes shown by ``repr``."""
         return f"dim={self.dim}, num_prototypes={self.num_prototypes}"
-

@@ -260,8 +260,10 @@ def run(args: ParsedArguments, *, trainer_class: type = SOPTrainer, callbacks=()
         summary.update(knn_top1_trained=trained, knn_top1_random_init=baseline)
         k = data_args.knn_k
         trainer.save_metrics("eval", {f"knn_top1@{k}": trained, f"knn_top1@{k}_random_init": baseline})
-        print(f"k-NN top-1 (k={k}) on {data_args.dataset_name}/{data.eval_split}: random init {100 * baseline:.1f}%  "
-              f"->  trained ({training_args.export_encoder}) {100 * trained:.1f}%: {knn_verdict(trained, baseline)}")
+        print(
+            f"k-NN top-1 (k={k}) on {data_args.dataset_name}/{data.eval_split}: random init {100 * baseline:.1f}%  "
+            f"->  trained ({training_args.export_encoder}) {100 * trained:.1f}%: {knn_verdict(trained, baseline)}"
+        )
         write_outputs([knn_eval_result(data_args, data.eval_split, k, trained)])
     return publish(hub, output_dir, summary)
 

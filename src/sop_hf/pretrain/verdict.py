@@ -24,8 +24,10 @@ def knn_verdict(trained: float, baseline: float, spread_points: float = RANDOM_I
     if gain >= -spread_points:
         return (f"{gain:+.1f} points: within noise (seed-to-seed spread of random init is about {spread_points:g} "
                 "points); train longer")  # fmt: skip
-    return (f"{gain:+.1f} points: worse than random init (beyond the {spread_points:g}-point seed-to-seed spread); "
-            "train longer, and check the curves for collapse")  # short runs often dip below random init first
+    return (
+        f"{gain:+.1f} points: worse than random init (beyond the {spread_points:g}-point seed-to-seed spread); "
+        "train longer, and check the curves for collapse"
+    )  # short runs often dip below random init first
 
 
 __all__ = ["RANDOM_INIT_SPREAD_POINTS", "knn_verdict"]

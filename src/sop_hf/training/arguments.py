@@ -57,7 +57,8 @@ class SOPTrainingArguments(TrainingArguments):
     )  # fmt: skip
     weight_decay: float = field(default=0.04, metadata={"help": "Initial weight decay (cosine to weight_decay_end)."})
     weight_decay_end: float = field(
-        default=0.4, metadata={"help": "Final weight decay. Applied to weights with >= 2 dims only, never biases/norms."}
+        default=0.4,
+        metadata={"help": "Final weight decay. Applied to weights with >= 2 dims only, never biases/norms."},
     )
     momentum_teacher: float = field(
         default=0.996,

@@ -25,7 +25,11 @@ class NonFiniteLossError(RuntimeError):
 
 def takes_found_inf(optimizer) -> bool:
     """Fused Adam/AdamW/SGD read ``optimizer.found_inf`` and skip the update on the device (no host sync)."""
-    return bool(getattr(optimizer, "defaults", {}).get("fused")) and type(optimizer).__name__ in ("Adam", "AdamW", "SGD")
+    return bool(getattr(optimizer, "defaults", {}).get("fused")) and type(optimizer).__name__ in (
+        "Adam",
+        "AdamW",
+        "SGD",
+    )
 
 
 class NonFiniteGuard:
@@ -124,7 +128,9 @@ def check_finite_state(model, optimizer, step: int, output_dir: str, sharding=No
     """Raise ``NonFiniteLossError`` (nothing is saved) when the model or optimizer state is not finite, naming the
     tensors, the step and the newest good checkpoint of ``output_dir`` (under FSDP2, ``sharding`` checks every
     rank's shards)."""
-    bad = sharding.nonfinite_state(model, optimizer) if sharding is not None else nonfinite_tensor_names(model, optimizer)
+    bad = (
+        sharding.nonfinite_state(model, optimizer) if sharding is not None else nonfinite_tensor_names(model, optimizer)
+    )
     if bad:
         newest_good = last_complete_checkpoint(output_dir)
         raise NonFiniteLossError(

@@ -15,6 +15,7 @@ panels against the optimizer step:
 import math
 from pathlib import Path
 
+
 def plot_training_curves(
     log_history: list[dict],
     path: str | Path,

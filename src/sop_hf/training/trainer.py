@@ -138,8 +138,12 @@ class SOPTrainer(Trainer):
         clip_and_ema = [PerParameterClipCallback(), TeacherEMACallback()] if self.sharding is None else \
             self.sharding.callbacks()  # fmt: skip
         self.preemption = PreemptionCallback(preemption_signals)
-        for callback in (_TrainerHooks(self), WeightDecayScheduleCallback(), *clip_and_ema,
-                         self.preemption):  # fmt: skip  (preemption after the EMA)
+        for callback in (
+            _TrainerHooks(self),
+            WeightDecayScheduleCallback(),
+            *clip_and_ema,
+            self.preemption,
+        ):  # fmt: skip  (preemption after the EMA)
             self.add_callback(callback)
         # Every rank draws the same anchors without communication: seed them with the run's seed.
         self.model.anchor_seed = args.seed
@@ -148,8 +152,9 @@ class SOPTrainer(Trainer):
         self._epoch_sampler: EpochSampler | None = None
         self._staging_dir: str | None = None
         self.nonfinite = NonFiniteGuard(args.max_nonfinite_steps)
-        self.images = ImageAccounting(args.max_bad_image_fraction,
-                                      lambda i: getattr(self.train_dataset, "describe", lambda j: f"sample {j}")(i))
+        self.images = ImageAccounting(
+            args.max_bad_image_fraction, lambda i: getattr(self.train_dataset, "describe", lambda j: f"sample {j}")(i)
+        )
 
     # --- the run's totals (read by the main job for results.json) ------------------------------------------------
     @property
@@ -424,7 +429,10 @@ def _fsdp2_on_accelerator_requested(args) -> bool:
     """``accelerate launch --use_fsdp --fsdp_version 2`` (or ``--fsdp`` with version 2) on a GPU, without DeepSpeed."""
     env = os.environ
     version = str(env.get("FSDP_VERSION") or (getattr(args, "fsdp_config", None) or {}).get("version", 1))
-    deepspeed = getattr(args, "deepspeed", None) or env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    deepspeed = getattr(args, "deepspeed", None) or env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in (
+        "1",
+        "true",
+    )
     return version == "2" and not deepspeed and _on_accelerator(args)
 
 
@@ -458,7 +466,9 @@ def _check_dataset_size(dataset, args) -> None:
         return
     size, per_device, world = len(dataset), args.per_device_train_batch_size, args.world_size
     if per_device < 2:
-        raise ValueError(f"--per_device_train_batch_size must be >= 2 (pairs of views of B >= 2 images), got {per_device}")
+        raise ValueError(
+            f"--per_device_train_batch_size must be >= 2 (pairs of views of B >= 2 images), got {per_device}"
+        )
     global_batch = per_device * world
     if size < global_batch:
         raise ValueError(f"the training dataset holds {size} images, fewer than one global batch of {global_batch} "
@@ -474,5 +484,11 @@ def lr_at(step: int, peak: float, min_lr: float, total: int, warmup: int) -> flo
     return peak * cosine_schedule(step, 1.0, min_lr / peak if peak else 0.0, total, warmup)
 
 
-__all__ = ["NonFiniteLossError", "SOPTrainer", "TrainingPreempted", "last_complete_checkpoint", "lr_at",
-           "verify_checkpoint"]
+__all__ = [
+    "NonFiniteLossError",
+    "SOPTrainer",
+    "TrainingPreempted",
+    "last_complete_checkpoint",
+    "lr_at",
+    "verify_checkpoint",
+]
