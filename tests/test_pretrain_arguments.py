@@ -125,3 +125,8 @@ def test_automatic_recipe__from_a_probe_of_the_first_readable_image(tmp_path):
         88,
         500,
     )
+
+
+def test_parse_arguments__run_mim_config_name_or_path_is_config_name(tmp_path):
+    args = parse_arguments(["--config_name_or_path", str(tmp_path / "config.json"), "--output_dir", "o"])
+    assert args.model.config_name == str(tmp_path / "config.json")

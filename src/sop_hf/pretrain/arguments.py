@@ -53,7 +53,10 @@ class ModelArguments:
     )  # fmt: skip
     config_name: str | None = field(
         default=None,
-        metadata={"help": "A config.json (or its folder) of the method's config, instead of the recipe's."},
+        metadata={
+            "help": "A config.json (or its folder) of the method's config, instead of the recipe's.",
+            "aliases": ["--config_name_or_path"],  # run_mim.py's name for it
+        },
     )
     config_overrides: str | None = field(
         default=None,
