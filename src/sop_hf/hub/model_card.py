@@ -27,7 +27,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import ResNetConfig, ResNetModel
 
 from ..configuration_sop import PRESETS, SOPConfig
-from ..data.sources import DEBIAN_NAME, EMBEDDED_NAME
+from ..data.sources import dataset_identity
 from ..methods import CARD_ALIASES, METHODS, SOP, card_method
 from ..modeling_sop import SOPModel
 from .record import RECORD_NAME, CardRecord, eval_result_dict, to_eval_result
@@ -387,25 +387,13 @@ def build_model_card(
 __all__ = ["NOT_RECORDED", "build_model_card", "count_parameters", "is_resnet_config", "update_model_card"]
 
 
-def _dataset_identity(name: str) -> tuple[str, str]:
-    """(dataset_type, dataset_name) recorded in the model card for a --*_data value."""
-    if name == EMBEDDED_NAME:
-        return "fashion_mnist", "Fashion-MNIST (sop_hf embedded 4k/1k subset)"
-    if name == DEBIAN_NAME:
-        return "fashion_mnist", "Fashion-MNIST"
-    if os.path.isdir(name):
-        base = Path(name).resolve().name
-        return base, base
-    return name, name
-
-
 def card_results(command: str, results: dict[str, float], data, extra: str = "") -> list[dict]:
     """Model-index entries (``EvalResult`` field dicts) for the printed results.
 
     Classification entries carry no ``task_name``: the model-index groups results by task type and dataset and keeps
     one task name per group, so k-NN and linear results are told apart by ``metric_name`` instead.
     """
-    dataset_type, dataset_name = _dataset_identity(data.test_data or data.train_data)
+    dataset_type, dataset_name = dataset_identity(data.test_data or data.train_data)
     split = data.test_split + (f" (random {data.max_samples})" if data.max_samples else "")
     entries = []
     for key, value in results.items():
