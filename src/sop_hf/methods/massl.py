@@ -76,6 +76,17 @@ class MaSSLForPreTraining(LineageForPreTraining):
         return (z @ memory[block].T / teacher_temp).softmax(-1), metrics  # [N, N_B]
 
 
+# MaSSL's ImageNet recipes (README): the ViT at 224 px, patch 16, drop path 0.1, a memory of 131072 in blocks of
+# 16384; crops 2 x 224 (0.32, 1) + 10 x 96 (0.05, 0.32). Only the preset and the schedule differ between sizes.
+def _imagenet_model(preset: str) -> dict:
+    backbone = dict(model_type="sop", preset=preset, image_size=224, patch_size=16, drop_path_rate=0.1,
+                    use_mask_token=False, mim_loss_weight=0.0)  # fmt: skip
+    return dict(backbone_config=backbone, memory_size=131072, block_size=16384)
+
+
+_IMAGENET_DATA = dict(global_crop_size=224, global_crop_scale=(0.32, 1.0), num_local_crops=10, local_crop_size=96,
+                     local_crop_scale=(0.05, 0.32))  # fmt: skip
+
 RECIPES: dict[str, dict[str, dict]] = {
     # The demo's ViT and data; a 1024-row memory in blocks of 256 (the paper's 65536 rows would not even fill in 500
     # steps of 128 images) and KoLeo 0.1 as SOP's demo.
@@ -95,26 +106,8 @@ RECIPES: dict[str, dict[str, dict]] = {
     # + 10 x 96 (0.05, 0.32), AdamW lr 5e-4, no warm-up, wd 0.04 -> 0.4, clip 3, EMA 0.992, 800 epochs; teacher
     # temperature 0.04 -> 0.07 over 30 epochs (its code default).
     "massl_vit_small_imagenet": recipe(
-        dict(
-            backbone_config=dict(
-                model_type="sop",
-                preset="vit_small",
-                image_size=224,
-                patch_size=16,
-                drop_path_rate=0.1,
-                use_mask_token=False,
-                mim_loss_weight=0.0,
-            ),
-            memory_size=131072,
-            block_size=16384,
-        ),
-        dict(
-            global_crop_size=224,
-            global_crop_scale=(0.32, 1.0),
-            num_local_crops=10,
-            local_crop_size=96,
-            local_crop_scale=(0.05, 0.32),
-        ),
+        _imagenet_model("vit_small"),
+        _IMAGENET_DATA,
         {
             **IMAGENET_TRAINING,
             "num_train_epochs": 800,
@@ -128,26 +121,8 @@ RECIPES: dict[str, dict[str, dict]] = {
     # MaSSL README recipe, ViT-B/16: 400 epochs, lr 7.5e-4, 10 warm-up epochs, EMA 0.996, teacher temperature
     # warm-up over 50 epochs; memory and crops as ViT-S.
     "massl_vit_base_imagenet": recipe(
-        dict(
-            backbone_config=dict(
-                model_type="sop",
-                preset="vit_base",
-                image_size=224,
-                patch_size=16,
-                drop_path_rate=0.1,
-                use_mask_token=False,
-                mim_loss_weight=0.0,
-            ),
-            memory_size=131072,
-            block_size=16384,
-        ),
-        dict(
-            global_crop_size=224,
-            global_crop_scale=(0.32, 1.0),
-            num_local_crops=10,
-            local_crop_size=96,
-            local_crop_scale=(0.05, 0.32),
-        ),
+        _imagenet_model("vit_base"),
+        _IMAGENET_DATA,
         {
             **IMAGENET_TRAINING,
             "num_train_epochs": 400,
