@@ -17,9 +17,7 @@ of transformers' ``run_mim.py``: the arguments, then the run.
 
 import sys
 
-import torch
-
-from sop_hf.pretrain import parse_arguments, run
+from sop_hf.pretrain import end_process_group, parse_arguments, run
 
 # The arguments are three dataclasses: sop_hf.pretrain.ModelArguments (--method, --recipe, --config_overrides,
 # --image_size, --patch_size ...), sop_hf.pretrain.DataArguments (--dataset_name, --train_dir, crops, k-NN ...) and
@@ -38,5 +36,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # before the interpreter exits, on every process
+    end_process_group()  # on every process, before the interpreter exits

@@ -60,6 +60,26 @@ def test_load_training_data__held_out_split_named_and_arguments_untouched(tmp_pa
     assert load_training_data(embedded, seed=0, wants_eval=False).knn is None
 
 
+def test_load_training_data__train_val_split_leaves_a_test_split_unseen_and_a_validation_split_wins(tmp_path):
+    """run_mim.py's rule: --train_val_split carves the evaluation images out of train unless there is a validation
+    split; a test split is then never read (choices made on the k-NN figure do not touch it)."""
+    write_images(tmp_path / "tt" / "train", 20)
+    write_images(tmp_path / "tt" / "test", 6)
+    flags = ["--dataset_name", str(tmp_path / "tt"), "--output_dir", "o"]
+    held_out = load_training_data(parse_arguments([*flags, "--train_val_split", "0.25"]).data, seed=0, wants_eval=True)
+    assert (len(held_out.train), len(held_out.knn[1]), held_out.eval_split) == (15, 5, "train (held out 0.25)")
+    default = load_training_data(parse_arguments(flags).data, seed=0, wants_eval=True)
+    assert (len(default.train), len(default.knn[1]), default.eval_split) == (20, 6, "test")
+    named = parse_arguments([*flags, "--train_val_split", "0.25", "--eval_split", "test"]).data
+    assert load_training_data(named, seed=0, wants_eval=True).eval_split == "test"  # a named split wins
+    write_images(tmp_path / "tv" / "train", 20)
+    write_images(tmp_path / "tv" / "validation", 4)
+    with_validation = parse_arguments(["--dataset_name", str(tmp_path / "tv"), "--train_val_split", "0.25",
+                                       "--output_dir", "o"]).data  # fmt: skip
+    data = load_training_data(with_validation, seed=0, wants_eval=True)
+    assert (len(data.train), len(data.knn[1]), data.eval_split) == (20, 4, "validation")
+
+
 def test_load_training_data__cache_dir_of_the_flags_holds_the_prepared_dataset(tmp_path):
     """run_mim.py's --cache_dir / --model_revision / --token parse, and --cache_dir is where datasets prepares data."""
     write_images(tmp_path / "imgs" / "train", 8)

@@ -44,3 +44,41 @@ def test_do_train_false__evaluates_the_newest_checkpoint_and_the_hooks_reach_the
     assert json.loads((tmp_path / "results.json").read_text())["global_step"] == 1
     evaluated = load_file(tmp_path / "encoder" / "model.safetensors")  # the checkpoint's weights, exported again
     assert evaluated.keys() == trained.keys() and all((evaluated[k] == trained[k]).all() for k in trained)
+
+
+GLOO_THREADS_SCRIPT = r"""
+import os, sys, tempfile, torch, torch.distributed as dist
+from sop_hf.training import end_process_group
+
+def gloo_threads():
+    names = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    return sorted(n for n in names if "gloo" in n)
+
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+holder = {"model": model}
+holder["self"] = holder  # a reference cycle keeps the DDP model (and through it the group) alive, as a trainer does
+parts = [torch.zeros(2)]
+dist.all_gather(parts, torch.ones(2))
+del model, holder, parts
+print("before", gloo_threads())
+end_process_group()
+print("after", gloo_threads(), dist.is_initialized())
+"""
+
+
+def test_end_process_group__joins_gloo_threads_although_a_cycle_holds_the_ddp_model(tmp_path):
+    """The abort at exit of a finished 2-process run (gloo's worker thread freeing an all-gather during interpreter
+    shutdown) cannot happen once the threads are joined; a bare destroy_process_group left them running."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("thread names are read from /proc")
+    result = subprocess.run([sys.executable, "-c", GLOO_THREADS_SCRIPT], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("before", "after")))
+    assert "pt_gloo_runloop" in lines["before"]  # the check sees the threads it is about
+    assert lines["after"] == "[] False"

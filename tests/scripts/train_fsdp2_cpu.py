@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
-from sop_hf.training import SOPTrainer, SOPTrainingArguments  # noqa: E402
+from sop_hf.training import SOPTrainer, SOPTrainingArguments, end_process_group  # noqa: E402
 from sop_hf.training import trainer as trainer_module  # noqa: E402
 from tests.scripts.train_tiny import TINY, IndexSeededImages, collate  # noqa: E402
 
@@ -69,3 +69,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # on every process, before the interpreter exits

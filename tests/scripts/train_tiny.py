@@ -34,6 +34,7 @@ from sop_hf.training import (  # noqa: E402
     SOPTrainingArguments,
     TrainingMonitorCallback,
     TrainingPreempted,  # noqa: E402
+    end_process_group,
     plot_training_curves,
 )
 from sop_hf.training.checkpoints import last_complete_checkpoint  # noqa: E402
@@ -205,3 +206,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # on every process, before the interpreter exits

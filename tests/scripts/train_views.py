@@ -21,7 +21,7 @@ from sop_hf import SOPConfig, SOPForPreTraining  # noqa: E402
 from sop_hf.data import MultiCropDataArguments, build_train_dataset, collate_multicrop, load_image_dataset  # noqa: E402
 from sop_hf.data.batched import views_on_device  # noqa: E402
 from sop_hf.data.pipeline import views_digest  # noqa: E402
-from sop_hf.training import SOPTrainer, SOPTrainingArguments  # noqa: E402
+from sop_hf.training import SOPTrainer, SOPTrainingArguments, end_process_group  # noqa: E402
 
 TINY = dict(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
             head_hidden_size=32, head_output_size=16, class_memory_size=32, num_anchors=8, num_support=3,
@@ -72,3 +72,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # on every process, before the interpreter exits

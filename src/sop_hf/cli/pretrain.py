@@ -9,16 +9,12 @@ Every flag of the job is accepted (``sop-hf pretrain --help`` lists them with th
 
 import sys
 
-import torch
-
 
 def pretrain_main(argv: list[str] | None = None) -> int:
     """Run the job on ``argv`` (``sys.argv[1:]`` when None); returns the exit code (0: the run finished)."""
     from ..pretrain import main  # imported here: `sop-hf eval` need not load the Trainer
 
-    main(sys.argv[1:] if argv is None else list(argv), description=__doc__, prog="sop-hf pretrain")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # before the interpreter exits, on every process
+    main(sys.argv[1:] if argv is None else list(argv), description=__doc__, prog="sop-hf pretrain")  # ends the group
     return 0
 
 

@@ -19,6 +19,7 @@ It sits above ``hub/`` in the import order (it imports methods, data, training, 
 imports it.
 """
 
+from ..training.process_group import end_process_group
 from .arguments import DataArguments, ModelArguments, ParsedArguments, parse_arguments
 from .job import main, run
 from .model import build_model, load_checkpoint
@@ -32,6 +33,7 @@ __all__ = [
     "RANDOM_INIT_SPREAD_POINTS",
     "build_model",
     "choose_recipe",
+    "end_process_group",
     "knn_verdict",
     "load_checkpoint",
     "main",

@@ -132,8 +132,9 @@ class DataArguments(MultiCropDataArguments):
     )
     train_val_split: float = field(
         default=0.0,
-        metadata={"help": "When the dataset has no validation/test split: hold out this fraction of the training "
-                  "split (seeded, stratified) for the k-NN evaluation; it is then not trained on."},
+        metadata={"help": "When the dataset has no validation split: hold out this fraction of the training split "
+                  "(seeded, stratified) for the k-NN evaluation, instead of a test split (run_mim.py's rule); it "
+                  "is then not trained on."},
     )  # fmt: skip
     knn_eval: bool = field(default=True, metadata={"help": "k-NN top-1 of the encoder vs random init at the end."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the final k-NN evaluation."})

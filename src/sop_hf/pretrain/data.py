@@ -1,8 +1,9 @@
 """The job's data: the training split, the labelled pair (train, eval) its k-NN checks use, and their subsets.
 
-The evaluation split is ``--eval_split``, else the one ``data.sources.evaluation_split`` finds (validation, then test),
-else a seeded, stratified ``--train_val_split`` of the training split; without one of them, or without integer labels,
-the k-NN checks are skipped and the log says why. Errors (a missing column, an unknown split, an empty dataset) are
+The evaluation split is ``--eval_split``; else a ``validation`` split; else, with ``--train_val_split`` > 0, a seeded,
+stratified hold-out of the training split (run_mim.py's rule: a test split then stays unseen, so choices made on the
+k-NN figure never touch it); else the one ``data.sources.evaluation_split`` finds (test, ...). Without one of them, or
+without integer labels, the k-NN checks are skipped and the log says why. Errors (a missing column, an unknown split, an empty dataset) are
 raised here, before any compute.
 """
 
@@ -40,7 +41,11 @@ def load_training_data(data_args, seed: int, wants_eval: bool, cache_dir: str | 
                  else random_subset(train, data_args.max_train_samples, seed, label))  # fmt: skip
     if not wants_eval:
         return TrainingData(train, None, None)
-    split = data_args.eval_split or evaluation_split(data_args.dataset_name, data_args.dataset_config_name, data_files)
+    split = data_args.eval_split
+    if split is None:
+        split = evaluation_split(data_args.dataset_name, data_args.dataset_config_name, data_files)
+        if split != "validation" and data_args.train_val_split > 0 and not data_args.streaming:
+            split = None  # run_mim.py's rule: a validation split wins, else --train_val_split carves one (test unseen)
     evaluation = None
     if split is not None:
         evaluation = load_image_dataset(data_args.dataset_name, split=split, **load)

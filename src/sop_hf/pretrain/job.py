@@ -32,6 +32,7 @@ from ..hub.run import HubPushCallback, HubTarget
 from ..methods import get_method
 from ..training import SOPTrainer, TrainingMonitorCallback, plot_training_curves
 from ..training.checkpoints import last_complete_checkpoint
+from ..training.process_group import end_process_group
 from .arguments import ParsedArguments, parse_arguments
 from .data import knn_subsets, load_training_data
 from .model import build_model, load_checkpoint
@@ -113,10 +114,15 @@ def main(argv: list[str] | None = None, *, trainer_class: type = SOPTrainer, cal
         trainer_class: The Trainer to run, ``SOPTrainer`` or a subclass of it.
         callbacks: Extra ``TrainerCallback`` objects (e.g. a time budget, as ``benchmarks/fmnist_pretrain.py`` adds).
         description, prog: What ``--help`` shows.
+
+    The process group (if any) is destroyed when the job ends (``end_process_group``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(is_main=os.environ.get("RANK", "0") == "0")  # before parsing: the recipe choice logs its probe
-    return run(parse_arguments(argv, description, prog), trainer_class=trainer_class, callbacks=callbacks)
+    try:
+        return run(parse_arguments(argv, description, prog), trainer_class=trainer_class, callbacks=callbacks)
+    finally:
+        end_process_group()
 
 
 def run(args: ParsedArguments, *, trainer_class: type = SOPTrainer, callbacks=()) -> dict:

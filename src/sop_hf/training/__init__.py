@@ -5,10 +5,12 @@ from .callbacks import PerParameterClipCallback, TeacherEMACallback, WeightDecay
 from .monitor import TrainingMonitorCallback
 from .plots import plot_training_curves
 from .preemption import PREEMPTED_EXIT_CODE, PreemptionCallback, TrainingPreempted
+from .process_group import end_process_group
 from .schedules import cosine_schedule, warmup_constant_schedule
 from .trainer import NonFiniteLossError, SOPTrainer
 
 __all__ = [
+    "end_process_group",
     "PREEMPTED_EXIT_CODE",
     "NonFiniteLossError",
     "PerParameterClipCallback",
