@@ -1,6 +1,7 @@
 """The pretraining job's arguments: --config_overrides in update_from_string syntax (plus dotted keys and JSON),
 run_mim.py's --image_size / --patch_size, the flags read before parsing, and parsed values that stay as given."""
 
+import logging
 import re
 
 import pytest
@@ -125,6 +126,20 @@ def test_automatic_recipe__from_a_probe_of_the_first_readable_image(tmp_path):
         88,
         500,
     )
+
+
+def test_automatic_recipe__small_images_keep_the_demo_grid_and_the_log_says_why(tmp_path, caplog):
+    folder = tmp_path / "images" / "train" / "shoes"
+    folder.mkdir(parents=True)
+    Image.new("L", (56, 56)).save(folder / "0.png")
+    with caplog.at_level(logging.INFO, logger="sop_hf.pretrain.recipe_choice"):
+        choice = choose_recipe(location_flags(["--train_dir", str(tmp_path / "images" / "train")]))
+    assert choice.name == "demo model at 56 px, patch 8"
+    assert choice.values["model"]["patch_size"] == 8 and choice.values["data"]["global_crop_size"] == 56
+    assert ("the training images are 56 px, so the run uses demo model at 56 px, patch 8 (49 tokens per crop, the "
+            "demo's model sees 49; patch 4 would give 196, 4x the tokens per image)") in caplog.text  # fmt: skip
+    forced = choose_recipe(location_flags(["--train_dir", str(tmp_path / "images" / "train"), "--patch_size", "4"]))
+    assert forced.values["model"]["patch_size"] == 4 and forced.values["model"]["image_size"] == 56
 
 
 def test_parse_arguments__run_mim_config_name_or_path_is_config_name(tmp_path):

@@ -64,13 +64,15 @@ def test_sop_beats_random_init_on_fashion_mnist(tmp_path):
 
 
 @pytest.mark.long
-def test_long_run__reports_the_gap_to_raw_pixels(tmp_path):
-    """The optional long run (about 60 CPU-minutes; docs/training.md, "How close to raw pixels"): a figure for the
-    docs, not a gate. It must still learn (the gate's margin) and report the raw-pixel reference on the same split."""
+@pytest.mark.parametrize("setting", ["long", "small_images"])
+def test_long_run__reports_the_gap_to_raw_pixels(setting, tmp_path):
+    """The optional long runs (about 60 CPU-minutes each; docs/training.md, "How close to raw pixels" and "Beyond raw
+    pixels"): figures for the docs, not gates. Each must still learn (the gate's margin) and report the raw-pixel
+    reference on the same split."""
     if not (DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.fail("the long run needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist")
     out = tmp_path / "long.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--setting", "long", "--seeds", "0",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--setting", setting, "--seeds", "0",
            "--json", str(out)]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3 * 3600, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-5000:]

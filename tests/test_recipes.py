@@ -38,6 +38,12 @@ PINNED = [
     ("sop", "demo", "training", "base_learning_rate", 3e-3), ("sop", "demo", "training", "max_steps", 500),
     ("sop", "demo", "model", "class_memory_size", 1024), ("sop", "demo", "model", "num_anchors", 256),
     ("sop", "demo", "model", "num_support", 5), ("sop", "demo", "data", "num_local_crops", 0),
+    # SOP small_images (docs/training.md "Beyond raw pixels": chosen on held-out training images)
+    ("sop", "small_images", "model", "patch_size", 7), ("sop", "small_images", "model", "hidden_size", 128),
+    ("sop", "small_images", "model", "num_hidden_layers", 6), ("sop", "small_images", "model", "num_attention_heads", 4),
+    ("sop", "small_images", "model", "class_memory_size", 4096), ("sop", "small_images", "model", "image_size", 28),
+    ("sop", "small_images", "data", "global_crop_scale", (0.5, 1.0)),
+    ("sop", "small_images", "training", "max_steps", 3200), ("sop", "small_images", "training", "warmup_steps", 320),
     ("massl", "demo", "model", "memory_size", 1024), ("massl", "demo", "model", "block_size", 256),
     ("carp", "demo", "model", "num_prototypes", 1024), ("carp", "demo", "model", "block_size", 32),
     ("carp", "demo", "model", "head_batch_norm", True), ("carl", "demo", "model", "num_prototypes", 32),
@@ -125,6 +131,12 @@ def test_recipe__imagenet_multicrop_recipes_share_the_sop_paper_bank_and_ibot_cr
     assert len({tuple(sorted(METHODS["sop"].recipes[n]["data"].items())) for n in names}) == 1
 
 
+def test_recipe__small_images_has_no_dataset_of_its_own():
+    """--recipe small_images trains on what --dataset_name / --train_dir name (the embedded set when nothing is)."""
+    assert "dataset_name" not in METHODS["sop"].recipes["small_images"]["data"]
+    assert "dataset_name" in METHODS["sop"].recipes["demo"]["data"]  # the demo's own data is unchanged
+
+
 def test_recipe_owner__finds_the_method_and_names_the_choices():
     assert recipe_owner("massl_vit_small_imagenet")[0] == "massl"
     assert recipe_owner("demo")[0] == "sop" and recipe_owner("demo", "carl")[0] == "carl"
@@ -208,14 +220,23 @@ def test_help__shows_the_values_of_the_chosen_recipe(script, capsys):
         with pytest.raises(SystemExit):
             script.parse_arguments(argv)
         text = " ".join(capsys.readouterr().out.split())
-        assert "--config_overrides" in text and "sop: demo, vit_small_imagenet" in text
+        assert "--config_overrides" in text and "sop: demo, small_images, vit_small_imagenet" in text
         start = text.index("--base_learning_rate BASE_LEARNING_RATE", text.index("options:"))
         lr_help = text[start : start + 400]
         assert expected in lr_help, lr_help
 
 
 def test_auto_recipe__follows_the_image_size():
-    for side, patch, crop in ((28, 4, 28), (33, 4, 32), (96, 8, 96), (150, 8, 144)):
+    for side, patch, crop in (
+        (28, 4, 28),
+        (33, 4, 32),
+        (47, 4, 44),
+        (48, 8, 48),
+        (56, 8, 56),
+        (95, 8, 88),
+        (96, 16, 96),
+        (150, 16, 144),
+    ):  # at least 6 x 6 tokens, the largest such patch
         label, values = pretrain.recipe_for_images("sop", side)
         assert (values["model"]["patch_size"], values["model"]["image_size"], values["data"]["global_crop_size"]) == (
             patch,

@@ -50,10 +50,7 @@ def load_training_data(data_args, seed: int, wants_eval: bool, cache_dir: str | 
     if split is not None:
         evaluation = load_image_dataset(data_args.dataset_name, split=split, **load)
     elif data_args.train_val_split > 0 and not data_args.streaming:
-        labelled = has_labels(train, label) and isinstance(train.features[label], datasets.ClassLabel)
-        stratify = label if labelled else None
-        parts = train.train_test_split(test_size=data_args.train_val_split, seed=seed, stratify_by_column=stratify)
-        train, evaluation = parts["train"], parts["test"]
+        train, evaluation = hold_out(train, data_args.train_val_split, seed, label)
         split = f"{data_args.split} (held out {data_args.train_val_split:g})"
         logger.info("held out %d of the training images for the k-NN evaluation (--train_val_split)", len(evaluation))
     if evaluation is None:
@@ -68,6 +65,14 @@ def load_training_data(data_args, seed: int, wants_eval: bool, cache_dir: str | 
                        "exports; pass --label_column_name if labels live elsewhere)", label)  # fmt: skip
         return TrainingData(train, None, None)
     return TrainingData(train, (knn_train, evaluation), split)
+
+
+def hold_out(train: datasets.Dataset, fraction: float, seed: int, label_column: str) -> tuple:
+    """(rest, held out): a seeded split of ``fraction`` of the training rows, stratified by a ``ClassLabel`` column
+    (``--train_val_split``; ``benchmarks/quality.py`` scores raw pixels on the same rows)."""
+    labelled = has_labels(train, label_column) and isinstance(train.features[label_column], datasets.ClassLabel)
+    parts = train.train_test_split(test_size=fraction, seed=seed, stratify_by_column=label_column if labelled else None)
+    return parts["train"], parts["test"]
 
 
 def knn_subsets(knn: tuple, size: int, seed: int, label_column: str) -> tuple:

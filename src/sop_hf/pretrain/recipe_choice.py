@@ -94,18 +94,48 @@ def probe_image_side(location: dict) -> int:
     raise ValueError(f"none of the first {PROBE_ROWS} training images in column {column!r} could be read")
 
 
+# The demo's encoder sees 7 x 7 = 49 tokens per global crop (28 px, patch 4); the automatic recipe keeps a user's
+# small images near that grid: the largest patch that still leaves at least 6 x 6 tokens, so 36 to 144 tokens per
+# crop from 24 to 160 px. Measured (benchmarks/auto_patch.py, docs/training.md "Small images: which patch size"): see
+# there for patch 4 against patch 8 on a 56-px Fashion-MNIST folder. Change MIN_GRID to trade detail for speed.
+DEMO_TOKENS = 49
+MIN_GRID = 6
+SMALL_IMAGE_PATCHES = (4, 8, 16)
+
+
+def small_image_patch(side: int) -> int:
+    """The largest patch of (4, 8, 16) that leaves a ``side``-px crop at least ``MIN_GRID`` x ``MIN_GRID`` tokens
+    (4 below that): up to 47 px -> 4, 48-95 px -> 8, 96 px and more -> 16."""
+    return max([p for p in SMALL_IMAGE_PATCHES if side // p >= MIN_GRID], default=SMALL_IMAGE_PATCHES[0])
+
+
 def recipe_for_images(method: str, side: int) -> tuple[str, dict]:
     """(name, recipe) chosen from the training images' side when no --recipe is given on the user's data: small
-    images (<= 160 px) get the demo's small-patch model at their own resolution (patch 4 up to 64 px, else 8); larger
-    ones SOP's ViT-S/16 ImageNet recipe (other methods: their demo model at 224 px, patch 16)."""
+    images (<= 160 px) get the demo's model at their own resolution with the patch that keeps its token grid
+    (``small_image_patch``); larger ones SOP's ViT-S/16 ImageNet recipe (other methods: their demo model at 224 px,
+    patch 16)."""
     spec = get_method(method)
     if side > 160 and "vit_small_imagenet" in spec.recipes:
         return "vit_small_imagenet", spec.recipes["vit_small_imagenet"]
-    patch = 4 if side <= 64 else (8 if side <= 160 else 16)
+    patch = small_image_patch(side) if side <= 160 else 16
     crop = 224 if side > 160 else max(4 * patch, side // patch * patch)
     values = with_encoder_size(spec.recipes["demo"], crop, patch)
     values["data"].pop("dataset_name", None)  # the user's data, never the embedded demo set
     return f"demo model at {crop} px, patch {patch}", values
+
+
+def grid_reason(values: dict) -> str:
+    """Why a small-image recipe has its patch: its token grid against the demo's and the next smaller patch's."""
+    encoder = values["model"].get("backbone_config", values["model"])
+    crop, patch = encoder.get("image_size"), encoder.get("patch_size")
+    if not crop or not patch or patch == SMALL_IMAGE_PATCHES[0] or patch not in SMALL_IMAGE_PATCHES:
+        return ""
+    smaller = SMALL_IMAGE_PATCHES[SMALL_IMAGE_PATCHES.index(patch) - 1]
+    tokens, more = (crop // patch) ** 2, (crop // smaller) ** 2
+    return (
+        f" ({tokens} tokens per crop, the demo's model sees {DEMO_TOKENS}; patch {smaller} would give {more}, "
+        f"{more / tokens:.0f}x the tokens per image)"
+    )
 
 
 def with_encoder_size(values: dict, image_size: int | None, patch_size: int | None) -> dict:
@@ -138,8 +168,9 @@ def choose_recipe(location: dict, probe: bool = True) -> RecipeChoice:
         if probe and uses_own_data(location) and not brings_config:
             side = probe_image_side(location)
             name, values = recipe_for_images(method, side)
-            logger.info("no --recipe given: the training images are %d px, so the run uses %s (pass --recipe to "
-                        "choose; --help lists them)", side, name)  # fmt: skip
+            logger.info("no --recipe given: the training images are %d px, so the run uses %s%s (pass --recipe "
+                        "to choose, --patch_size to change the grid; --help lists them)", side, name,
+                        grid_reason(values))  # fmt: skip
             choice = RecipeChoice(method, name, values, automatic=True)
     if location.get("image_size") is not None or location.get("patch_size") is not None:
         values = with_encoder_size(choice.values, location.get("image_size"), location.get("patch_size"))
@@ -156,4 +187,4 @@ def parser_defaults(choice: RecipeChoice) -> dict:
 
 
 __all__ = ["RecipeChoice", "choose_recipe", "location_flags", "parser_defaults", "probe_image_side",
-           "recipe_for_images", "with_encoder_size"]  # fmt: skip
+           "recipe_for_images", "small_image_patch", "with_encoder_size"]  # fmt: skip
