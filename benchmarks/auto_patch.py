@@ -38,7 +38,7 @@ def write_folder(folder: Path, side: int, train: int, test: int, seed: int = 0) 
     its marker file says it was written with the same sizes."""
     from sop_hf.data.sources import load_debian_fashion_mnist
 
-    marker = folder / "made_with.json"
+    marker = folder.with_name(folder.name + ".made_with.json")  # beside the folder: it is not part of the data
     made_with = {"side": side, "train": train, "test": test, "seed": seed}
     if marker.exists() and json.loads(marker.read_text()) == made_with:
         return folder

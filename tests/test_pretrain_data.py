@@ -91,3 +91,21 @@ def test_load_training_data__cache_dir_of_the_flags_holds_the_prepared_dataset(t
     data = load_training_data(args.data, seed=0, wants_eval=False, cache_dir=args.model.cache_dir)
     assert len(data.train) == 8
     assert any(path.suffix == ".arrow" for path in cache.rglob("*"))  # the prepared split lives under --cache_dir
+
+
+def test_detect_local_format__images_with_a_stray_data_file_are_a_clear_error_metadata_belongs_to_them(tmp_path):
+    """A folder of images with a notes.json beside them was read as a JSON dataset (a pyarrow parse error about a
+    PNG); now it names both and the way out. datasets' metadata.jsonl stays part of an image folder."""
+    from sop_hf.data.sources import detect_local_format
+
+    write_images(tmp_path / "imgs" / "train", 4)
+    assert detect_local_format(tmp_path / "imgs") == "imagefolder"
+    (tmp_path / "imgs" / "notes.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds image files \(train/[ab]/\d\.png\) and data files \(notes\.json\)"):
+        detect_local_format(tmp_path / "imgs")
+    (tmp_path / "imgs" / "notes.json").unlink()
+    (tmp_path / "imgs" / "train" / "metadata.jsonl").write_text("")
+    assert detect_local_format(tmp_path / "imgs") == "imagefolder"
+    (tmp_path / "table").mkdir()
+    (tmp_path / "table" / "part.jsonl").write_text('{"x": 1}\n')
+    assert detect_local_format(tmp_path / "table") == "json"

@@ -113,7 +113,27 @@ def detect_local_format(path: str | os.PathLike) -> str:
     ):
         return "disk"
     files = [p for p in path.glob("*") if p.is_file()] + [p for p in path.glob("*/*") if p.is_file()]
-    return _builder_of_files([f for f in files if f.suffix.lower() in _FILE_BUILDERS]) or "imagefolder"
+    data_files = [f for f in files if f.suffix.lower() in _FILE_BUILDERS]
+    # datasets' imagefolder reads metadata.jsonl / metadata.csv / metadata.parquet beside the images (labels,
+    # captions): those belong to the image folder, any other data file makes the layout ambiguous.
+    other = [f for f in data_files if f.stem != "metadata"]
+    image = _first_image(path) if data_files else None
+    if image is not None and other:
+        raise ValueError(f"{path} holds image files ({image.relative_to(path)}) and data files "
+                         f"({', '.join(str(f.relative_to(path)) for f in other[:3])}): move the data files out, or "
+                         "name the images with --train_dir / --validation_dir or the files with --data_files")  # fmt: skip
+    if image is not None:
+        return "imagefolder"
+    return _builder_of_files(data_files) or "imagefolder"
+
+
+def _first_image(folder: Path, depth: int = 3) -> Path | None:
+    """The first image file within ``depth`` levels of ``folder`` (split/class/image), found lazily."""
+    for level in range(1, depth + 1):
+        for candidate in folder.glob("/".join(["*"] * level)):
+            if candidate.suffix.lower() in _IMAGE_SUFFIXES and candidate.is_file():
+                return candidate
+    return None
 
 
 def _load_local(path: str, split: str, streaming: bool, cache_dir: str | None):
