@@ -81,7 +81,10 @@ def test_help__explains_the_knobs():
     ):
         assert flag in result.stdout
     text = " ".join(result.stdout.split())
-    assert "sop: demo, small_images, vit_small_imagenet, vit_base_imagenet" in text and "carp: demo, carp_resnet50_imagenet" in text
+    assert (
+        "sop: demo, small_images, vit_small_imagenet, vit_base_imagenet" in text
+        and "carp: demo, carp_resnet50_imagenet" in text
+    )
     assert "'num_anchors=2048,koleo_loss_weight=0.1'" in text  # how to change a config field
     assert "--max_steps MAX_STEPS" in text and "(default: 500)" in text  # the demo recipe's values are the defaults
 

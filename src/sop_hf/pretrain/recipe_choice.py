@@ -96,8 +96,9 @@ def probe_image_side(location: dict) -> int:
 
 # The demo's encoder sees 7 x 7 = 49 tokens per global crop (28 px, patch 4); the automatic recipe keeps a user's
 # small images near that grid: the largest patch that still leaves at least 6 x 6 tokens, so 36 to 144 tokens per
-# crop from 24 to 160 px. Measured (benchmarks/auto_patch.py, docs/training.md "Small images: which patch size"): see
-# there for patch 4 against patch 8 on a 56-px Fashion-MNIST folder. Change MIN_GRID to trade detail for speed.
+# crop from 24 to 160 px. Measured (benchmarks/auto_patch.py, docs/training.md "Small images: which patch size"): on a
+# 56-px Fashion-MNIST folder, 800 steps, patch 8 reached 64.6 % k-NN in 378 s of training, patch 4 66.6 % in 1494 s.
+# Lower MIN_GRID for speed, raise it for detail.
 DEMO_TOKENS = 49
 MIN_GRID = 6
 SMALL_IMAGE_PATCHES = (4, 8, 16)
