@@ -71,3 +71,24 @@ def lineage_model(method: str, backbone: dict | None = None, **fields):
     heads = {k: v for k, v in TINY.items() if k.startswith("head_")}  # the tiny head sizes, as SOP's tests use
     config = build_config(method, {"backbone_config": backbone or {"model_type": "sop", **TINY}, **heads, **fields})
     return get_method(method).model_class(config)
+
+
+def assert_export_loads(encoder, reference, folder, width: int, size: int = 32) -> None:
+    """Save ``encoder`` with an ``SOPImageProcessor`` to ``folder``: ``AutoModel`` loads it with ``reference``'s
+    pooled output on the same images, and ``pipeline("image-feature-extraction")`` returns one finite [1, width] vector."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, pipeline
+
+    from sop_hf import SOPImageProcessor
+
+    encoder.save_pretrained(folder)
+    SOPImageProcessor(size=size).save_pretrained(folder)
+    loaded = AutoModel.from_pretrained(folder).eval()
+    images = torch.randn(2, 3, size, size)
+    torch.testing.assert_close(loaded(images).pooler_output, reference.eval()(images).pooler_output)
+    extractor = pipeline("image-feature-extraction", model=str(folder))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8))
+    pooled = np.array(extractor(image, pool=True))
+    assert pooled.shape == (1, width) and np.isfinite(pooled).all()

@@ -4,17 +4,15 @@ gradients, EMA, centre buffer, save/load and the exported encoder in AutoModel a
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from PIL import Image
 
 from sop_hf.losses.dino import centered_teacher_probs, dino_cross_entropy, updated_center
 from sop_hf.methods import METHODS
 from sop_hf.methods.dino import DINOConfig, DINOForPreTraining
-from tests.conftest import lineage_model
+from tests.conftest import assert_export_loads, lineage_model
 
 F64 = torch.float64
 
@@ -168,22 +166,12 @@ def test_config__bad_values_name_the_field():
 
 
 def test_export__loads_with_auto_model_and_the_feature_extraction_pipeline(tmp_path):
-    from transformers import AutoModel, pipeline
-
-    from sop_hf import SOPImageProcessor, SOPModel
+    from sop_hf import SOPModel
 
     model = dino()
     encoder = model.export_encoder("teacher")
     assert isinstance(encoder, SOPModel) and encoder.embeddings.mask_token is None
-    encoder.save_pretrained(tmp_path)
-    SOPImageProcessor(size=32).save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path).eval()
-    images = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(loaded(images).pooler_output, model.teacher.eval()(images).pooler_output)
-    extractor = pipeline("image-feature-extraction", model=str(tmp_path))
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    pooled = np.array(extractor(image, pool=True))
-    assert pooled.shape == (1, 32) and np.isfinite(pooled).all()
+    assert_export_loads(encoder, model.teacher, tmp_path, width=32)
 
 
 def test_registry__dino_has_a_demo_recipe_and_declares_its_terms():

@@ -4,15 +4,13 @@ gradients, patch centre, shared or separate patch head, masks from the data pipe
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from sop_hf.losses.ibot import masked_patch_loss, masked_rows_patch_loss
 from sop_hf.methods import METHODS
 from sop_hf.methods.ibot import IBOTConfig, IBOTForPreTraining
-from tests.conftest import TINY, lineage_model
+from tests.conftest import TINY, assert_export_loads, lineage_model
 
 F64 = torch.float64
 PATCHES = (TINY["image_size"] // TINY["patch_size"]) ** 2  # 16
@@ -143,21 +141,12 @@ def test_save_load__round_trip_with_both_centres(tmp_path):
 
 
 def test_export__loads_with_auto_model_and_the_feature_extraction_pipeline(tmp_path):
-    from transformers import AutoModel, pipeline
-
-    from sop_hf import SOPImageProcessor, SOPModel
+    from sop_hf import SOPModel
 
     model = ibot()
     encoder = model.export_encoder("student")
     assert isinstance(encoder, SOPModel) and encoder.embeddings.mask_token is None  # the mask token stays behind
-    encoder.save_pretrained(tmp_path)
-    SOPImageProcessor(size=32).save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path).eval()
-    images = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(loaded(images).pooler_output, model.student.eval()(images).pooler_output)
-    extractor = pipeline("image-feature-extraction", model=str(tmp_path))
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    assert np.array(extractor(image, pool=True)).shape == (1, 32)
+    assert_export_loads(encoder, model.student, tmp_path, width=32)
 
 
 def test_registry__ibot_declares_its_terms_and_demo_recipe():
